@@ -1,0 +1,54 @@
+# Task runner. The two commands of the README:
+#   make demo   - deploy to a local container standing in for the server, send a campaign
+#   make test   - lint, unit tests and every Molecule scenario (what CI runs: .ci/run)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Scenarios `make molecule` runs, in order.
+SCENARIOS ?= batch
+# Queue mode of the demo.
+QUEUE_MODE ?= batch
+export PATH := $(abspath $(BIN)):$(PATH)
+export ANSIBLE_CONFIG := $(abspath ansible.cfg)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help setup images demo demo-destroy lint unit molecule test clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.installed ## Create .venv with the pinned controller tools
+
+images: ## Start a Docker engine if none answers; build the local systemd images
+	tests/harness/prepare-docker.sh
+
+demo: setup images ## Deploy to the demo container (QUEUE_MODE=batch) and send a campaign
+	$(BIN)/ansible-playbook playbooks/demo.yml -e queue_mode=$(QUEUE_MODE)
+
+demo-destroy: setup ## Remove the demo container
+	$(BIN)/ansible-playbook playbooks/demo.yml -e demo_state=absent
+
+lint: setup ## yamllint and ansible-lint (production profile)
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint
+
+unit: setup ## Unit tests of app_patches/, the example app and the SMTP sink
+	$(BIN)/pytest
+
+molecule: setup images ## Every Molecule scenario in SCENARIOS
+	for scenario in $(SCENARIOS); do $(BIN)/molecule test -s $$scenario; done
+
+test: lint unit molecule ## Everything CI runs
+
+clean: ## Remove the virtualenv and caches of this checkout
+	rm -rf $(VENV) .cache
