@@ -38,8 +38,9 @@ demo: setup images ## Deploy to the demo container (QUEUE_MODE=batch) and send a
 demo-destroy: setup ## Remove the demo container
 	$(BIN)/ansible-playbook playbooks/demo.yml -e demo_state=absent
 
-lint: setup ## yamllint and ansible-lint (production profile)
+lint: setup ## yamllint, ansible-lint (production profile), role README tables
 	$(BIN)/yamllint --strict .
+	$(BIN)/python tests/harness/role_docs.py --check
 	$(BIN)/ansible-lint
 
 unit: setup ## Unit tests of app_patches/, the example app and the SMTP sink

@@ -1,0 +1,284 @@
+#!/usr/bin/env python3
+"""Install the bulk_email queue code into an existing Django project, or remove it.
+
+    python3 apply.py --project DIR [--package edupulse] [--mode batch|rq|celery]
+                     [--check] [--remove] [--json]
+
+This is the one mechanism that changes a project: the Ansible role runs it on
+servers, the macOS playbook on a working copy, and the test suite on a copy
+of example_app. It therefore uses the standard library only (it runs with the
+target's system python3) and is idempotent: a second run changes no byte and
+reports changed=false.
+
+What it does:
+* syncs the app package next to this script (bulk_email/, without tests/,
+  __pycache__ and *.pyc) into DIR/bulk_email/, writing only files that
+  differ and deleting files the package no longer has;
+* appends a marked block to DIR/<package>/settings.py and one to
+  DIR/<package>/urls.py (replaced in place when its text changes).
+
+--remove deletes the package and the blocks, giving back the original files
+byte for byte. --check reports what would change and writes nothing. --json
+prints {"changed": bool, "files": [...]} as the last line of stdout.
+
+Per-mode edits live in ``edits_for``: a mode that needs more (celery:
+<package>/celery.py and a block in <package>/__init__.py) adds entries there.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_NAME = "bulk_email"
+APP_SOURCE = Path(__file__).resolve().parent / APP_NAME
+MODES = ("batch", "rq", "celery")
+BEGIN = "# >>> edupulse-queue (managed by app_patches/apply.py; remove with --remove) >>>"
+END = "# <<< edupulse-queue <<<"
+# Written into the copied package so that --remove (and a re-run) only ever
+# deletes a directory this script created, never a project's own bulk_email/.
+OWNER_FILE = ".managed-by-edupulse-apply"
+OWNER_TEXT = "Copied by app_patches/apply.py; do not edit, changes are overwritten.\n"
+EXCLUDED_DIRS = {"tests", "__pycache__"}
+EXCLUDED_SUFFIXES = (".pyc", ".pyo")
+
+
+class ApplyError(Exception):
+    """A problem the operator must fix; reported without a traceback."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A marked block of text kept at the end of one project file."""
+
+    path: str  # relative to the project directory
+    body: str  # the lines between the markers, each ending in a newline
+
+    def text(self) -> str:
+        return f"{BEGIN}\n{self.body}{END}\n"
+
+
+def settings_block(package: str, mode: str) -> Block:
+    """Load the app's settings and add its apps to INSTALLED_APPS (skipping ones already there)."""
+    return Block(
+        f"{package}/settings.py",
+        f"from {APP_NAME}.settings import *  # noqa: E402,F401,F403\n"
+        "\n"
+        "INSTALLED_APPS = [\n"
+        "    *INSTALLED_APPS,  # noqa: F405\n"
+        "    *(app for app in BULK_EMAIL_INSTALLED_APPS if app not in INSTALLED_APPS),  # noqa: F405\n"
+        "]\n",
+    )
+
+
+def urls_block(package: str, mode: str) -> Block:
+    """Mount the app's URLs at the site root (they all start with bulk-email/ or django-rq/)."""
+    return Block(
+        f"{package}/urls.py",
+        "from django.urls import include as _bulk_email_include  # noqa: E402\n"
+        "from django.urls import path as _bulk_email_path  # noqa: E402\n"
+        "\n"
+        f'urlpatterns = [*urlpatterns, _bulk_email_path("", _bulk_email_include("{APP_NAME}.urls"))]\n',
+    )
+
+
+def edits_for(package: str, mode: str) -> list[Block]:
+    """The blocks a mode needs. rq and celery will extend this list (see module doc)."""
+    return [settings_block(package, mode), urls_block(package, mode)]
+
+
+def all_block_paths(package: str) -> list[str]:
+    """Every file any mode edits, so --remove cleans up whatever mode was applied."""
+    return sorted({block.path for mode in MODES for block in edits_for(package, mode)})
+
+
+def find_block(content: str, path: str) -> tuple[int, int] | None:
+    """Return the (start, end) span of the managed block including its leading separator.
+
+    apply always writes "\\n" + block after the original text, so removing
+    that exact span gives the original bytes back whether or not the file
+    ended with a newline.
+    """
+    start = content.find("\n" + BEGIN + "\n")
+    if start == -1:
+        if content.startswith(BEGIN + "\n"):
+            raise ApplyError(f"{path}: managed block at the very start of the file; remove it by hand")
+        return None
+    end = content.find("\n" + END + "\n", start)
+    if end == -1:
+        raise ApplyError(f"{path}: found '{BEGIN}' without its end marker; fix the file by hand")
+    return start, end + len(END) + 2
+
+
+def with_block(content: str, block: Block) -> str:
+    """Return content with the block present and current (appended, or replaced in place)."""
+    span = find_block(content, block.path)
+    if span is None:
+        return content + "\n" + block.text()
+    start, end = span
+    return content[:start] + "\n" + block.text() + content[end:]
+
+
+def without_block(content: str, path: str) -> str:
+    """Return content with the managed block (and its separator) cut out."""
+    span = find_block(content, path)
+    if span is None:
+        return content
+    start, end = span
+    return content[:start] + content[end:]
+
+
+def source_files() -> dict[str, bytes]:
+    """The app package as it should appear in the project: relative path -> bytes."""
+    if not (APP_SOURCE / "__init__.py").is_file():
+        raise ApplyError(f"app package not found next to apply.py: {APP_SOURCE}")
+    files = {OWNER_FILE: OWNER_TEXT.encode()}
+    for path in sorted(APP_SOURCE.rglob("*")):
+        relative = path.relative_to(APP_SOURCE)
+        excluded = set(relative.parts[:-1]) & EXCLUDED_DIRS or path.name.endswith(EXCLUDED_SUFFIXES)
+        if path.is_dir() or excluded:
+            continue
+        files[relative.as_posix()] = path.read_bytes()
+    return files
+
+
+def installed_files(target: Path) -> Iterator[str]:
+    """Files currently in the project's copy, skipping bytecode Python writes at run time."""
+    for path in sorted(target.rglob("*")):
+        relative = path.relative_to(target)
+        if path.is_file() and "__pycache__" not in relative.parts:
+            yield relative.as_posix()
+
+
+def check_ownership(target: Path) -> None:
+    """Refuse to touch a bulk_email/ directory that this script did not create."""
+    if target.exists() and any(target.iterdir()) and not (target / OWNER_FILE).is_file():
+        raise ApplyError(
+            f"{target} exists and was not created by apply.py ({OWNER_FILE} missing); "
+            "refusing to overwrite it"
+        )
+
+
+def read_text(path: Path) -> str:
+    """Decode without newline translation, so CRLF files come back byte for byte."""
+    return path.read_bytes().decode("utf-8")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace a file in one step, keeping its mode, so a crash never leaves half a settings.py."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Patcher:
+    """Computes and (unless check is set) performs the changes, collecting changed paths."""
+
+    def __init__(self, project: Path, package: str, mode: str, check: bool) -> None:
+        self.project = project
+        self.package = package
+        self.mode = mode
+        self.check = check
+        self.changed: list[str] = []
+
+    def project_file(self, relative: str) -> Path:
+        path = self.project / relative
+        if not path.is_file():
+            raise ApplyError(f"{path} not found: is --project/--package right?")
+        return path
+
+    def set_text(self, relative: str, new: str) -> None:
+        path = self.project / relative
+        if path.read_bytes() != new.encode():
+            self.changed.append(relative)
+            if not self.check:
+                write_atomically(path, new.encode())
+
+    def apply(self) -> None:
+        blocks = edits_for(self.package, self.mode)
+        paths = {block.path: self.project_file(block.path) for block in blocks}
+        self.sync_app()
+        for block in blocks:
+            self.set_text(block.path, with_block(read_text(paths[block.path]), block))
+
+    def remove(self) -> None:
+        target = self.project / APP_NAME
+        check_ownership(target)
+        for relative in all_block_paths(self.package):
+            path = self.project / relative
+            if path.is_file():
+                self.set_text(relative, without_block(read_text(path), relative))
+        if target.exists():
+            self.changed.extend(f"{APP_NAME}/{name}" for name in installed_files(target))
+            if not self.check:
+                shutil.rmtree(target)
+
+    def sync_app(self) -> None:
+        target = self.project / APP_NAME
+        check_ownership(target)
+        wanted = source_files()
+        for name, data in wanted.items():
+            path = target / name
+            if not path.is_file() or path.read_bytes() != data:
+                self.changed.append(f"{APP_NAME}/{name}")
+                if not self.check:
+                    write_atomically(path, data)
+        if target.exists():
+            for name in installed_files(target):
+                if name not in wanted:
+                    self.changed.append(f"{APP_NAME}/{name}")
+                    if not self.check:
+                        (target / name).unlink()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--project", required=True, type=Path, help="Directory holding manage.py.")
+    parser.add_argument("--package", default="edupulse", help="The project's settings package.")
+    parser.add_argument("--mode", choices=MODES, default="batch", help="Queue mode to install.")
+    parser.add_argument("--check", action="store_true", help="Report changes, write nothing.")
+    parser.add_argument("--remove", action="store_true", help="Undo: remove blocks and the app.")
+    parser.add_argument("--json", action="store_true", help="Print a JSON summary as the last line.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.project.is_dir():
+        print(f"apply.py: error: project directory {args.project} not found", file=sys.stderr)
+        return 2
+    patcher = Patcher(args.project.resolve(), args.package, args.mode, args.check)
+    try:
+        if args.remove:
+            patcher.remove()
+        else:
+            patcher.apply()
+    except (ApplyError, OSError, UnicodeDecodeError) as exc:
+        print(f"apply.py: error: {exc}", file=sys.stderr)
+        return 2
+    verb = "would change" if args.check else ("removed" if args.remove else "changed")
+    for name in patcher.changed:
+        print(f"{verb}: {name}")
+    if not patcher.changed:
+        print("nothing to do")
+    if args.json:
+        print(json.dumps({"changed": bool(patcher.changed), "files": patcher.changed}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

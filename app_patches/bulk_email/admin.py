@@ -1,0 +1,42 @@
+"""Read-mostly admin: the ledger is written by the sender, people only look at it."""
+from django.contrib import admin
+from django.http import HttpRequest
+
+from .models import Campaign, Delivery
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    fields = ("recipient", "status", "attempts", "sent_at", "last_error")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Campaign | None = None) -> bool:
+        return False
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    list_display = ("subject", "id", "mode", "created_at")
+    readonly_fields = ("id", "subject", "body", "html_body", "from_email", "mode", "created_at")
+    search_fields = ("subject", "id")
+    inlines = [DeliveryInline]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Campaigns are created by send_campaign or the site's own views.
+        return False
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(admin.ModelAdmin):
+    list_display = ("recipient", "campaign", "status", "attempts", "sent_at")
+    list_filter = ("status",)
+    search_fields = ("recipient", "campaign__id")
+    # Only the status is editable: setting a failed delivery back to pending
+    # is how an operator asks for it to be tried again.
+    readonly_fields = ("campaign", "recipient", "attempts", "last_error", "sent_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

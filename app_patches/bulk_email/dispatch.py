@@ -1,0 +1,35 @@
+"""Handing a campaign to its queue mode: the one place that differs per mode.
+
+batch: send now, in this process (the caller waits).
+rq, celery: will enqueue one job per batch (each job calls
+sending.send_deliveries); until those modes are implemented, dispatching a
+campaign created in them fails loudly instead of silently sending inline.
+"""
+import time
+from collections.abc import Callable
+
+from django.core.exceptions import ImproperlyConfigured
+
+from .models import Campaign
+from .sending import CampaignRun, Sleep, send_campaign
+
+
+def _send_now(campaign: Campaign, sleep: Sleep) -> CampaignRun:
+    return send_campaign(campaign, sleep=sleep)
+
+
+DISPATCHERS: dict[str, Callable[[Campaign, Sleep], CampaignRun]] = {
+    "batch": _send_now,
+}
+
+
+def dispatch(campaign: Campaign, *, sleep: Sleep = time.sleep) -> CampaignRun:
+    """Send (batch) or enqueue (rq/celery) the pending deliveries of ``campaign``."""
+    try:
+        dispatcher = DISPATCHERS[campaign.mode]
+    except KeyError:
+        raise ImproperlyConfigured(
+            f"queue mode {campaign.mode!r} is not implemented in this version of bulk_email; "
+            "set BULK_EMAIL_QUEUE_MODE=batch"
+        ) from None
+    return dispatcher(campaign, sleep)

@@ -1,0 +1,71 @@
+"""The delivery ledger: one row per (campaign, recipient).
+
+The ledger, not the SMTP session, is the source of truth about who got a
+message. Each row is marked sent the moment the server accepts it, so a
+crash, a retry or a second worker never mails the same person twice, and
+the pending rows are exactly the work that remains.
+"""
+import uuid
+
+from django.db import models
+from django.db.models.functions import Lower
+
+
+class Campaign(models.Model):
+    """One message (subject and bodies) to be sent to many recipients."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    subject = models.CharField(max_length=255)
+    body = models.TextField()
+    html_body = models.TextField(blank=True, default="")
+    from_email = models.CharField(max_length=254)
+    mode = models.CharField(max_length=16, help_text="Queue mode it was dispatched with.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.subject} ({self.id})"
+
+    def counts(self) -> dict[str, int]:
+        """Return the number of deliveries per status (all statuses present, zero if none)."""
+        counts = {status: 0 for status in Delivery.Status.values}
+        rows = self.deliveries.values_list("status").annotate(n=models.Count("id"))
+        for status, n in rows:
+            counts[status] = n
+        return counts
+
+
+class Delivery(models.Model):
+    """The state of one recipient of one campaign."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="deliveries")
+    recipient = models.CharField(max_length=254)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name_plural = "deliveries"
+        constraints = [
+            # Case-insensitive, like the de-duplication in create_campaign:
+            # Ann@x.org and ann@x.org are one person's mailbox in practice.
+            models.UniqueConstraint(
+                "campaign", Lower("recipient"), name="bulk_email_delivery_unique_recipient"
+            ),
+        ]
+        indexes = [
+            # The daily quota counts sent rows of the last 24 h before every message.
+            models.Index(fields=["status", "sent_at"], name="bulk_email_status_sent_at"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.recipient} [{self.status}]"

@@ -1,0 +1,301 @@
+"""Sending a campaign in batches over one reused SMTP connection per batch.
+
+The unit of work is :func:`send_deliveries`: "send these delivery ids over
+one connection". Batch mode calls it once per batch, in process; the rq and
+celery modes will enqueue the same call, one job per batch.
+
+Rules, and why:
+
+* Each message is sent on its own (``send_messages([one])``) and its
+  delivery is marked sent right after the server accepted it. Django's
+  ``send_messages(list)`` only returns a count, so after a failure nobody
+  could tell which ones got through; sending them again would mail people
+  twice.
+* Transient errors (SMTP 4xx such as 421/451, a dropped connection, a
+  timeout or another socket error) close the connection, wait with
+  exponential backoff (BULK_EMAIL_RETRY_BACKOFF * 2**n, capped by
+  BULK_EMAIL_RETRY_BACKOFF_MAX), reconnect and retry the same recipient,
+  up to BULK_EMAIL_MAX_ATTEMPTS attempts in one run. A recipient that is
+  still failing then stays *pending* with its last error: it is never lost
+  and a later run (``send_campaign --resume``) sends it. After
+  OUTAGE_AFTER such recipients in a row the run stops, because the server
+  is down rather than picky, and retrying every remaining recipient would
+  only burn time.
+* Permanent errors (SMTP 5xx, refused recipient, invalid address) mark
+  the delivery failed with the error; it is not retried and sending goes
+  on with the next recipient.
+* A rejected login (SMTP 5xx on AUTH) or a server without STARTTLS is a
+  configuration problem affecting every message: the run stops with the
+  exception and all unsent deliveries stay pending.
+* Before each message the quota hook is asked; when it refuses, the run
+  stops and the rest stays pending.
+"""
+import logging
+import smtplib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.core.mail.backends.base import BaseEmailBackend
+from django.core.mail.utils import DNS_NAME
+from django.core.validators import validate_email
+from django.db.models import F
+from django.utils import timezone
+
+from .models import Campaign, Delivery
+from .quota import get_quota_hook
+
+logger = logging.getLogger("bulk_email")
+
+CAMPAIGN_HEADER = "X-EduPulse-Campaign"
+OUTAGE_AFTER = 3
+
+Sleep = Callable[[float], None]
+
+SENT, FAILED, DEFERRED = "sent", "failed", "deferred"
+TRANSIENT, PERMANENT, FATAL = "transient", "permanent", "fatal"
+
+
+@dataclass
+class SendResult:
+    """What one call of send_deliveries did; ``stopped`` says why it ended early, if it did."""
+
+    sent: int = 0
+    failed: int = 0
+    deferred: int = 0
+    stopped: str | None = None
+
+    def add(self, outcome: str) -> None:
+        """Count one delivery's outcome (SENT, FAILED or DEFERRED)."""
+        setattr(self, outcome, getattr(self, outcome) + 1)
+
+
+@dataclass
+class CampaignRun:
+    """Summary of one send_campaign call, with the campaign's ledger counts at the end."""
+
+    campaign_id: str
+    batches: int = 0
+    results: list[SendResult] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def stopped(self) -> str | None:
+        """The reason the last batch stopped early, if any."""
+        return self.results[-1].stopped if self.results else None
+
+
+def classify(exc: Exception) -> str:
+    """Say whether an error from one send is TRANSIENT, PERMANENT or FATAL (see module doc)."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in exc.recipients.values()]
+        return TRANSIENT if codes and all(400 <= code < 500 for code in codes) else PERMANENT
+    if isinstance(exc, smtplib.SMTPResponseException):
+        if 400 <= exc.smtp_code < 500:
+            return TRANSIENT
+        return FATAL if isinstance(exc, smtplib.SMTPAuthenticationError) else PERMANENT
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
+        return FATAL
+    if isinstance(exc, OSError):  # SMTPServerDisconnected, timeouts, refused/reset connections
+        return TRANSIENT
+    if isinstance(exc, (ValueError, ValidationError)):  # address Django cannot encode
+        return PERMANENT
+    raise exc
+
+
+def describe(exc: Exception) -> str:
+    """Render an error for the ledger, with the SMTP code and text when there is one."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
+        code, text = next(iter(exc.recipients.values()))
+        return f"{type(exc).__name__}: {code} {_text(text)}"
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return f"{type(exc).__name__}: {exc.smtp_code} {_text(exc.smtp_error)}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+    delay = settings.BULK_EMAIL_RETRY_BACKOFF * 2 ** (attempt - 1)
+    return min(delay, settings.BULK_EMAIL_RETRY_BACKOFF_MAX)
+
+
+def message_id(delivery: Delivery) -> str:
+    """A Message-ID unique per delivery and stable across retries.
+
+    Stable so that if a server accepted a message but the connection died
+    before we saw the reply, the copy sent on retry carries the same id and
+    mail systems can recognise the duplicate.
+    """
+    return f"<edupulse.{delivery.campaign_id}.{delivery.pk}@{DNS_NAME}>"
+
+
+def build_message(delivery: Delivery, connection: BaseEmailBackend) -> EmailMultiAlternatives:
+    """Build the message of one delivery, tagged with its campaign id."""
+    campaign = delivery.campaign
+    message = EmailMultiAlternatives(
+        subject=campaign.subject,
+        body=campaign.body,
+        from_email=campaign.from_email,
+        to=[delivery.recipient],
+        connection=connection,
+        headers={CAMPAIGN_HEADER: str(campaign.id), "Message-ID": message_id(delivery)},
+    )
+    if campaign.html_body:
+        message.attach_alternative(campaign.html_body, "text/html")
+    return message
+
+
+def close_quietly(connection: BaseEmailBackend) -> None:
+    """Close a connection that may already be broken; errors here change nothing."""
+    try:
+        connection.close()
+    except (smtplib.SMTPException, OSError):
+        pass
+
+
+def _mark(delivery: Delivery, status: str, error: str = "") -> None:
+    """Record one attempt in the ledger, committed at once (autocommit)."""
+    changes: dict = {"attempts": F("attempts") + 1, "last_error": error, "status": status}
+    if status == Delivery.Status.SENT:
+        changes["sent_at"] = timezone.now()
+    Delivery.objects.filter(pk=delivery.pk).update(**changes)
+
+
+def deliver(delivery: Delivery, connection: BaseEmailBackend, sleep: Sleep) -> str:
+    """Send one delivery, retrying transient errors; return SENT, FAILED or DEFERRED."""
+    try:
+        validate_email(delivery.recipient)
+    except ValidationError:
+        _mark(delivery, Delivery.Status.FAILED, f"invalid address: {delivery.recipient!r}")
+        logger.warning("batch email recipient=%s failed: invalid address", delivery.recipient)
+        return FAILED
+    message = build_message(delivery, connection)
+    max_attempts = settings.BULK_EMAIL_MAX_ATTEMPTS
+    for attempt in range(1, max_attempts + 1):
+        try:
+            connection.open()  # a no-op while the connection is up
+            accepted = connection.send_messages([message])
+        except Exception as exc:
+            close_quietly(connection)
+            kind = classify(exc)
+            error = describe(exc)
+            if kind == FATAL:
+                _mark(delivery, Delivery.Status.PENDING, error)
+                logger.error("batch email stopped: %s", error)
+                raise
+            if kind == PERMANENT:
+                _mark(delivery, Delivery.Status.FAILED, error)
+                logger.warning("batch email recipient=%s failed: %s", delivery.recipient, error)
+                return FAILED
+            _mark(delivery, Delivery.Status.PENDING, error)
+            logger.info(
+                "batch email recipient=%s attempt %d/%d: %s",
+                delivery.recipient, attempt, max_attempts, error,
+            )
+            if attempt < max_attempts:
+                sleep(backoff(attempt))
+            continue
+        if accepted != 1:
+            _mark(delivery, Delivery.Status.FAILED, "the email backend did not send the message")
+            return FAILED
+        _mark(delivery, Delivery.Status.SENT)
+        return SENT
+    return DEFERRED
+
+
+def send_deliveries(
+    delivery_ids: Sequence[int],
+    connection: BaseEmailBackend | None = None,
+    *,
+    sleep: Sleep = time.sleep,
+) -> SendResult:
+    """Send the still-pending deliveries among ``delivery_ids`` over one connection.
+
+    The connection is opened once and reused; it is closed at the end only
+    if this function created it. Deliveries already sent or failed are
+    skipped, so calling this twice with the same ids is harmless.
+    """
+    deliveries = (
+        Delivery.objects.filter(pk__in=list(delivery_ids), status=Delivery.Status.PENDING)
+        .select_related("campaign")
+        .order_by("pk")
+    )
+    own_connection = connection is None
+    connection = connection or get_connection(fail_silently=False)
+    quota_hook = get_quota_hook()
+    result = SendResult()
+    deferred_in_a_row = 0
+    try:
+        for delivery in deliveries:
+            reason = quota_hook(delivery)
+            if reason:
+                result.stopped = reason
+                logger.warning("batch email campaign=%s stopped: %s", delivery.campaign_id, reason)
+                break
+            outcome = deliver(delivery, connection, sleep)
+            result.add(outcome)
+            deferred_in_a_row = deferred_in_a_row + 1 if outcome == DEFERRED else 0
+            if deferred_in_a_row >= OUTAGE_AFTER:
+                result.stopped = (
+                    f"SMTP server unavailable: {OUTAGE_AFTER} recipients in a row still failing "
+                    f"after {settings.BULK_EMAIL_MAX_ATTEMPTS} attempts; "
+                    "remaining deliveries stay pending"
+                )
+                logger.warning(
+                    "batch email campaign=%s stopped: %s", delivery.campaign_id, result.stopped
+                )
+                break
+    finally:
+        if own_connection:
+            close_quietly(connection)
+    return result
+
+
+def chunks(ids: Sequence[int], size: int) -> list[list[int]]:
+    """Split ids into consecutive batches of at most ``size``."""
+    return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
+
+
+def send_batch(
+    campaign: Campaign, delivery_ids: Sequence[int], number: int, total: int, *, sleep: Sleep
+) -> SendResult:
+    """Send one batch and log the line operators grep for ("batch email")."""
+    result = send_deliveries(delivery_ids, sleep=sleep)
+    logger.info(
+        "batch email campaign=%s batch=%d/%d sent=%d failed=%d pending=%d",
+        campaign.id, number, total, result.sent, result.failed, result.deferred,
+    )
+    return result
+
+
+def send_campaign(campaign: Campaign, *, sleep: Sleep = time.sleep) -> CampaignRun:
+    """Send all pending deliveries of a campaign now, batch after batch.
+
+    Batches are BULK_EMAIL_BATCH_SIZE messages over one connection each,
+    BULK_EMAIL_BATCH_DELAY seconds apart, to stay under providers' rate
+    limits. ``sleep`` is injectable so tests do not wait.
+    """
+    pending = campaign.deliveries.filter(status=Delivery.Status.PENDING).order_by("pk")
+    batches = chunks(list(pending.values_list("pk", flat=True)), settings.BULK_EMAIL_BATCH_SIZE)
+    run = CampaignRun(campaign_id=str(campaign.id))
+    for number, batch in enumerate(batches, start=1):
+        if number > 1 and settings.BULK_EMAIL_BATCH_DELAY:
+            sleep(settings.BULK_EMAIL_BATCH_DELAY)
+        run.results.append(send_batch(campaign, batch, number, len(batches), sleep=sleep))
+        run.batches = number
+        if run.stopped:
+            break
+    run.counts = campaign.counts()
+    logger.info(
+        "batch email campaign=%s finished batches=%d/%d sent=%d failed=%d pending=%d%s",
+        campaign.id, run.batches, len(batches), run.counts["sent"], run.counts["failed"],
+        run.counts["pending"], f" stopped: {run.stopped}" if run.stopped else "",
+    )
+    return run

@@ -1,0 +1,137 @@
+"""Fixtures: a real SMTP server on loopback with scripted faults.
+
+The sender's guarantees (exactly once, one connection per batch, retry on
+4xx, no retry on 5xx) are about what an SMTP server sees, so the tests run
+an aiosmtpd server on 127.0.0.1 and count at the server side.
+"""
+from __future__ import annotations
+
+import email
+import socket
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from email.message import Message
+
+import pytest
+from aiosmtpd.controller import Controller
+
+
+class ScriptedSmtpHandler:
+    """aiosmtpd handler that records messages and answers with scripted faults.
+
+    mail_replies / data_replies: replies given to the next MAIL FROM / DATA
+        commands, one per command (e.g. ["421 ...", "421 ..."]), then normal.
+    rejected: recipient -> reply to its RCPT TO (e.g. "550 5.1.1 no such user").
+    drop_at_data: numbers (1-based, counted over all DATA commands) at which
+        the server drops the connection instead of answering.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.messages: list[tuple[list[str], Message]] = []
+        self.ehlo_count = 0
+        self.rcpt_count: Counter[str] = Counter()
+        self.data_count = 0
+        self.attempted_message_ids: list[str] = []  # every DATA, accepted or not
+        self.mail_replies: list[str] = []
+        self.data_replies: list[str] = []
+        self.rejected: dict[str, str] = {}
+        self.drop_at_data: set[int] = set()
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        with self.lock:
+            self.ehlo_count += 1
+        session.host_name = hostname
+        return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):  # noqa: N802
+        with self.lock:
+            if self.mail_replies:
+                return self.mail_replies.pop(0)
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        with self.lock:
+            self.rcpt_count[address] += 1
+            if address in self.rejected:
+                return self.rejected[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802
+        message = email.message_from_bytes(envelope.original_content or envelope.content)
+        with self.lock:
+            self.data_count += 1
+            self.attempted_message_ids.append(message["Message-ID"])
+            if self.data_count in self.drop_at_data:
+                server.transport.abort()
+                return "421 connection dropped"  # never reaches the client
+            if self.data_replies:
+                return self.data_replies.pop(0)
+            self.messages.append((list(envelope.rcpt_tos), message))
+        return "250 Message accepted for delivery"
+
+    def received(self) -> Counter[str]:
+        """How many accepted messages each recipient got."""
+        with self.lock:
+            return Counter(rcpt for rcpts, _ in self.messages for rcpt in rcpts)
+
+
+def free_port() -> int:
+    """A loopback port that is free now (aiosmtpd 1.4 cannot listen on port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[ScriptedSmtpHandler]:
+    """A running loopback SMTP server; yields its handler (with .port set)."""
+    handler = ScriptedSmtpHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    handler.port = controller.port
+    try:
+        yield handler
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def smtp(settings, smtp_server: ScriptedSmtpHandler) -> ScriptedSmtpHandler:
+    """Point Django's SMTP backend at the loopback server, with fast, known bulk settings."""
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST = "127.0.0.1"
+    settings.EMAIL_PORT = smtp_server.port
+    settings.EMAIL_HOST_USER = ""
+    settings.EMAIL_HOST_PASSWORD = ""
+    settings.EMAIL_USE_TLS = False
+    settings.EMAIL_USE_SSL = False
+    settings.EMAIL_TIMEOUT = 5
+    settings.BULK_EMAIL_BATCH_SIZE = 20
+    settings.BULK_EMAIL_BATCH_DELAY = 0.5
+    settings.BULK_EMAIL_MAX_ATTEMPTS = 5
+    settings.BULK_EMAIL_RETRY_BACKOFF = 2
+    settings.BULK_EMAIL_RETRY_BACKOFF_MAX = 60
+    settings.BULK_EMAIL_DAILY_QUOTA = 0
+    settings.BULK_EMAIL_QUOTA_HOOK = "bulk_email.quota.daily_quota"
+    return smtp_server
+
+
+class SleepRecorder:
+    """Stands in for time.sleep: records the delays instead of waiting."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+
+@pytest.fixture
+def sleep() -> SleepRecorder:
+    return SleepRecorder()
+

@@ -1,0 +1,181 @@
+"""app_patches/apply.py on fresh copies of example_app: idempotent, --check, --remove."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+APP_PATCHES = Path(__file__).resolve().parents[2]
+APPLY = APP_PATCHES / "apply.py"
+EXAMPLE_APP = APP_PATCHES.parent / "example_app"
+BEGIN = "# >>> edupulse-queue (managed by app_patches/apply.py; remove with --remove) >>>"
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file under root with its bytes (bytecode excluded)."""
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts
+    }
+
+
+def apply(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(APPLY), "--project", str(project), *args],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+
+
+def summary(result: subprocess.CompletedProcess) -> dict:
+    """The JSON the Ansible role parses: always the last line of stdout."""
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    target = tmp_path / "project"
+    shutil.copytree(EXAMPLE_APP, target, ignore=shutil.ignore_patterns("__pycache__", "db.sqlite3*"))
+    return target
+
+
+def test_apply_installs_app_and_blocks(project):
+    result = summary(apply(project, "--json"))
+
+    assert result["changed"] is True
+    assert {"edupulse/settings.py", "edupulse/urls.py", "bulk_email/sending.py",
+            "bulk_email/migrations/0001_initial.py"} <= set(result["files"])
+    assert not any("tests" in name or name.endswith(".pyc") for name in result["files"])
+    assert (project / "bulk_email/sending.py").read_bytes() == (APP_PATCHES / "bulk_email/sending.py").read_bytes()
+    settings = (project / "edupulse/settings.py").read_text()
+    assert settings.count(BEGIN) == 1
+    assert "from bulk_email.settings import *" in settings
+    assert 'include("bulk_email.urls")' in (project / "edupulse/urls.py").read_text()
+
+
+def test_second_apply_changes_nothing(project):
+    summary(apply(project, "--json"))
+    after_first = snapshot(project)
+
+    result = summary(apply(project, "--json"))
+
+    assert result == {"changed": False, "files": []}
+    assert snapshot(project) == after_first
+
+
+@pytest.mark.parametrize("mode", ["batch", "rq", "celery"])
+def test_every_mode_is_accepted_and_idempotent(project, mode):
+    assert summary(apply(project, "--mode", mode, "--json"))["changed"] is True
+    assert summary(apply(project, "--mode", mode, "--json"))["changed"] is False
+
+
+def test_check_reports_changes_and_writes_nothing(project):
+    before = snapshot(project)
+
+    result = summary(apply(project, "--check", "--json"))
+
+    assert result["changed"] is True
+    assert "edupulse/settings.py" in result["files"]
+    assert snapshot(project) == before
+    summary(apply(project, "--json"))
+    assert summary(apply(project, "--check", "--json")) == {"changed": False, "files": []}
+
+
+def test_remove_restores_the_original_bytes(project):
+    original = snapshot(project)
+    summary(apply(project, "--json"))
+    (project / "bulk_email/migrations/__pycache__").mkdir()  # as left by running the app
+    (project / "bulk_email/migrations/__pycache__/x.pyc").write_bytes(b"\0")
+
+    result = summary(apply(project, "--remove", "--json"))
+
+    assert result["changed"] is True
+    assert snapshot(project) == original
+    assert not (project / "bulk_email").exists()
+    assert summary(apply(project, "--remove", "--json")) == {"changed": False, "files": []}
+
+
+def test_remove_check_writes_nothing(project):
+    summary(apply(project, "--json"))
+    applied = snapshot(project)
+
+    assert summary(apply(project, "--remove", "--check", "--json"))["changed"] is True
+    assert snapshot(project) == applied
+
+
+@pytest.mark.parametrize("tail", [b"", b"# no newline at the end", b"x = 1\r\n"])
+def test_round_trip_keeps_unusual_file_endings(project, tail):
+    settings = project / "edupulse/settings.py"
+    settings.write_bytes(settings.read_bytes() + tail)
+    original = snapshot(project)
+
+    summary(apply(project, "--json"))
+    summary(apply(project, "--remove", "--json"))
+
+    assert snapshot(project) == original
+
+
+def test_outdated_install_is_updated_in_place(project):
+    summary(apply(project, "--json"))
+    sending = project / "bulk_email/sending.py"
+    sending.write_text("# an older version\n")
+    (project / "bulk_email/obsolete.py").write_text("# dropped from the package\n")
+    settings = project / "edupulse/settings.py"
+    settings.write_text(settings.read_text().replace("from bulk_email.settings import *", "OLD = 1"))
+    settings.write_text(settings.read_text() + "\nUSER_SETTING_AFTER_BLOCK = True\n")
+
+    result = summary(apply(project, "--json"))
+
+    assert sorted(result["files"]) == ["bulk_email/obsolete.py", "bulk_email/sending.py", "edupulse/settings.py"]
+    assert not (project / "bulk_email/obsolete.py").exists()
+    text = settings.read_text()
+    assert text.count(BEGIN) == 1 and "OLD = 1" not in text
+    assert text.endswith("\nUSER_SETTING_AFTER_BLOCK = True\n")  # the user's later lines are kept
+
+
+@pytest.mark.parametrize("missing", ["edupulse/settings.py", "edupulse/urls.py"])
+def test_missing_project_file_fails_clearly_without_writing(project, missing):
+    (project / missing).unlink()
+    before = snapshot(project)
+
+    result = apply(project, "--json")
+
+    assert result.returncode != 0
+    assert f"{missing} not found" in result.stderr
+    assert snapshot(project) == before
+
+
+def test_wrong_package_name_fails(project):
+    result = apply(project, "--package", "mysite")
+    assert result.returncode != 0
+    assert "mysite/settings.py not found" in result.stderr
+
+
+def test_refuses_to_overwrite_a_bulk_email_package_it_did_not_create(project):
+    (project / "bulk_email").mkdir()
+    (project / "bulk_email/__init__.py").write_text("# the user's own app\n")
+
+    for args in ([], ["--remove"]):
+        result = apply(project, *args)
+        assert result.returncode != 0
+        assert "refusing to overwrite" in result.stderr
+    assert (project / "bulk_email/__init__.py").read_text() == "# the user's own app\n"
+
+
+def test_unterminated_block_is_reported(project):
+    settings = project / "edupulse/settings.py"
+    settings.write_text(settings.read_text() + "\n" + BEGIN + "\nX = 1\n")
+
+    result = apply(project)
+
+    assert result.returncode != 0
+    assert "without its end marker" in result.stderr
+
+
+def test_unknown_mode_is_rejected(project):
+    result = apply(project, "--mode", "kafka")
+    assert result.returncode != 0
+    assert "invalid choice" in result.stderr

@@ -1,0 +1,147 @@
+"""The operator commands send_campaign and campaign_status, and their parseable output."""
+import json
+import os
+import subprocess
+import sys
+import uuid
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+import bulk_email
+from bulk_email.models import Campaign
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def fast(smtp, settings):
+    """SMTP server plus no delay, since the commands use the real time.sleep."""
+    settings.BULK_EMAIL_BATCH_DELAY = 0
+    return smtp
+
+
+def run(*args: str) -> list[str]:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue().splitlines()
+
+
+def test_send_campaign_from_options_and_file(fast, tmp_path):
+    recipients = tmp_path / "recipients.txt"
+    recipients.write_text("# class 3b\nc@school.test\n\n  d@school.test  \nA@school.test\n")
+    body = tmp_path / "body.txt"
+    body.write_text("Dear students,\n...")
+    html = tmp_path / "body.html"
+    html.write_text("<p>Dear students</p>")
+
+    lines = run(
+        "send_campaign", "--subject", "Exams", "--body-file", str(body), "--html-file", str(html),
+        "--to", "a@school.test", "--to", "b@school.test", "--recipients-file", str(recipients),
+        "--from", "office@school.test", "--json",
+    )
+
+    campaign_id = lines[0].removeprefix("campaign ")
+    campaign = Campaign.objects.get(pk=campaign_id)
+    assert lines[1] == "mode=batch recipients=4 sent=4 failed=0 pending=0"
+    assert json.loads(lines[-1]) == {
+        "id": campaign_id, "mode": "batch", "recipients": 4, "sent": 4, "failed": 0, "pending": 0,
+    }
+    assert sorted(fast.received()) == ["a@school.test", "b@school.test", "c@school.test", "d@school.test"]
+    assert campaign.from_email == "office@school.test"
+    assert campaign.body == "Dear students,\n..."
+    assert campaign.html_body == "<p>Dear students</p>"
+
+
+def test_send_campaign_reports_failures_and_stop_reason(fast, settings):
+    settings.BULK_EMAIL_DAILY_QUOTA = 1
+    fast.rejected = {"bad@school.test": "550 5.1.1 unknown"}
+
+    lines = run(
+        "send_campaign", "--subject", "Hi", "--body", "x",
+        "--to", "bad@school.test", "--to", "ok@school.test", "--to", "later@school.test", "--json",
+    )
+
+    assert lines[1] == "mode=batch recipients=3 sent=1 failed=1 pending=1"
+    assert lines[2].startswith("stopped: daily quota of 1 reached")
+    assert json.loads(lines[-1])["pending"] == 1
+
+
+def test_resume_sends_only_pending_deliveries(fast, settings):
+    settings.BULK_EMAIL_DAILY_QUOTA = 1
+    first = run("send_campaign", "--subject", "Hi", "--body", "x", "--to", "a@x.test", "--to", "b@x.test")
+    campaign_id = first[0].removeprefix("campaign ")
+    settings.BULK_EMAIL_DAILY_QUOTA = 0
+
+    lines = run("send_campaign", "--resume", campaign_id, "--json")
+
+    assert lines[0] == f"campaign {campaign_id}"
+    assert json.loads(lines[-1])["sent"] == 2
+    assert fast.received() == {"a@x.test": 1, "b@x.test": 1}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--body", "x", "--to", "a@x.test"], "--subject is required"),
+        (["--subject", "Hi", "--to", "a@x.test"], "--body or --body-file is required"),
+        (["--subject", "Hi", "--body", "x"], "at least one recipient"),
+        (["--subject", "Hi", "--body", "x", "--recipients-file", "/nonexistent"], "cannot read recipients file"),
+        (["--resume", str(uuid.uuid4())], "unknown campaign"),
+    ],
+)
+def test_send_campaign_usage_errors(fast, args, message):
+    with pytest.raises(CommandError, match=message):
+        run("send_campaign", *args)
+    assert fast.messages == []
+
+
+def test_campaign_status(fast):
+    fast.rejected = {"bad@x.test": "550 no"}
+    lines = run("send_campaign", "--subject", "Hi", "--body", "x", "--to", "ok@x.test", "--to", "bad@x.test")
+    campaign_id = lines[0].removeprefix("campaign ")
+
+    assert run("campaign_status", campaign_id) == [
+        f"campaign {campaign_id} mode=batch recipients=2 sent=1 failed=1 pending=0"
+    ]
+    assert json.loads(run("campaign_status", campaign_id, "--json")[-1]) == {
+        "id": campaign_id, "mode": "batch", "recipients": 2, "pending": 0, "sent": 1, "failed": 1,
+    }
+
+
+@pytest.mark.parametrize("campaign_id", [str(uuid.uuid4()), "not-a-uuid"])
+def test_campaign_status_unknown_id(campaign_id):
+    with pytest.raises(CommandError, match="unknown campaign"):
+        run("campaign_status", campaign_id)
+
+
+def test_commands_through_manage_py_exit_codes(smtp_server, tmp_path):
+    """As the operator runs them: separate processes, env-configured, real exit codes."""
+    project = Path(bulk_email.__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"),
+        "EMAIL_PORT": str(smtp_server.port),
+        "BULK_EMAIL_BATCH_DELAY": "0",
+    }
+
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=project, env=env,
+            capture_output=True, text=True, timeout=60, check=False,
+        )
+
+    assert manage("migrate", "-v0").returncode == 0
+    sent = manage("send_campaign", "--subject", "Hi", "--body", "x", "--to", "a@x.test", "--json")
+    assert sent.returncode == 0, sent.stderr
+    summary = json.loads(sent.stdout.splitlines()[-1])
+    assert summary["sent"] == 1 and smtp_server.received() == {"a@x.test": 1}
+    assert "batch email campaign=" in sent.stderr  # the log line operators grep in journald
+
+    status = manage("campaign_status", summary["id"], "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["sent"] == 1
+    unknown = manage("campaign_status", str(uuid.uuid4()))
+    assert unknown.returncode == 1
+    assert "unknown campaign" in unknown.stderr

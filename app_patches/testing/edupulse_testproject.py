@@ -1,0 +1,95 @@
+"""pytest plugin: run the tests against example_app as patched by apply.py.
+
+The suite must test what the playbook deploys, so instead of importing
+app_patches/bulk_email directly it copies example_app to a temporary
+directory, runs apply.py on the copy (the same command the Ansible role
+runs), puts the copy first on sys.path and sets DJANGO_SETTINGS_MODULE.
+
+This happens in ``pytest_load_initial_conftests`` with tryfirst, i.e.
+before pytest-django's own hook reads DJANGO_SETTINGS_MODULE and sets
+Django up; a conftest.py would be imported too late for that.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE_APP = REPO / "example_app"
+APPLY = REPO / "app_patches" / "apply.py"
+
+# The environment the test project runs with; the SMTP tests point the
+# email settings at their own loopback server through pytest-django's
+# `settings` fixture.
+TEST_ENV = {
+    "DJANGO_SETTINGS_MODULE": "edupulse.settings",
+    "DJANGO_SECRET_KEY": "tests-only-secret-key",
+    "DJANGO_DEBUG": "false",
+    "DJANGO_ALLOWED_HOSTS": "testserver,localhost",
+    "EMAIL_HOST": "127.0.0.1",
+    "EMAIL_PORT": "25",
+    "EMAIL_HOST_USER": "",
+    "EMAIL_HOST_PASSWORD": "",
+    "EMAIL_USE_TLS": "false",
+    "EMAIL_USE_SSL": "false",
+    "DEFAULT_FROM_EMAIL": "EduPulse <noreply@edupulse.test>",
+    "BULK_EMAIL_BATCH_DELAY": "0",
+    "BULK_EMAIL_QUEUE_MODE": "batch",
+}
+# Variables a developer's shell might set that would change test results.
+CLEARED_ENV = [
+    "EMAIL_BACKEND", "EMAIL_TIMEOUT", "DJANGO_SQLITE_PATH", "DJANGO_STATIC_ROOT",
+    "BULK_EMAIL_BATCH_SIZE", "BULK_EMAIL_DAILY_QUOTA", "BULK_EMAIL_MAX_ATTEMPTS",
+    "BULK_EMAIL_RETRY_BACKOFF", "BULK_EMAIL_RETRY_BACKOFF_MAX", "BULK_EMAIL_QUOTA_HOOK",
+]
+
+_workdir: Path | None = None
+
+
+def build_patched_project(workdir: Path) -> Path:
+    """Copy example_app into workdir and patch it with apply.py; return the project dir."""
+    project = workdir / "project"
+    shutil.copytree(
+        EXAMPLE_APP,
+        project,
+        ignore=shutil.ignore_patterns("tests", "__pycache__", "*.pyc", "db.sqlite3*", "staticfiles"),
+    )
+    completed = subprocess.run(
+        [sys.executable, str(APPLY), "--project", str(project), "--json"],
+        capture_output=True, text=True, check=False,
+    )
+    if completed.returncode != 0:
+        raise pytest.UsageError(f"apply.py failed on the test project:\n{completed.stderr}")
+    summary = json.loads(completed.stdout.splitlines()[-1])
+    if not summary["changed"]:
+        raise pytest.UsageError("apply.py reported no change on a fresh copy of example_app")
+    return project
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    global _workdir
+    _workdir = Path(tempfile.mkdtemp(prefix="edupulse-tests-"))
+    project = build_patched_project(_workdir)
+    for name in CLEARED_ENV:
+        os.environ.pop(name, None)
+    os.environ.update(TEST_ENV)
+    os.environ["DJANGO_SQLITE_PATH"] = str(_workdir / "db.sqlite3")
+    os.environ["DJANGO_STATIC_ROOT"] = str(_workdir / "static")
+    sys.path.insert(0, str(project))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"edupulse test project (example_app patched by apply.py): {_workdir}/project"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _workdir is not None:
+        shutil.rmtree(_workdir, ignore_errors=True)

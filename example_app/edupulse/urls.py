@@ -1,0 +1,8 @@
+"""Root URLconf of the EduPulse site."""
+from django.contrib import admin
+from django.urls import include, path
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", include("core.urls")),
+]

@@ -1,0 +1,128 @@
+#!/usr/bin/python3
+"""A local SMTP server that stores every accepted message in a Maildir.
+
+Used by the demo and the end-to-end tests instead of a real provider:
+
+    smtp_sink.py --host 127.0.0.1 --port 2525 --maildir /var/lib/smtp-sink/Maildir
+
+Each accepted transaction becomes one file in Maildir/new (written to tmp/
+and renamed, so a reader never sees half a message), with the envelope
+added as headers (X-Sink-Mail-From, X-Sink-Rcpt-To) so count_deliveries.py
+can count messages per recipient and per X-EduPulse-Campaign header. One
+line per message is printed to stdout (journald under systemd).
+
+Fault injection: while the file named by --fault-file exists and holds an
+SMTP code such as 421 or 451, every message is answered with that code and
+not stored, which simulates a provider outage. No file means normal.
+
+AUTH is offered without TLS and any credentials are accepted; a client
+that does not log in is accepted too. Needs aiosmtpd (Debian/Ubuntu:
+python3-aiosmtpd).
+"""
+import argparse
+import mailbox
+import re
+import signal
+import threading
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+FAULT_REPLIES = {
+    "421": "421 4.3.2 Service not available (smtp-sink fault injection)",
+    "450": "450 4.2.0 Mailbox unavailable (smtp-sink fault injection)",
+    "451": "451 4.3.0 Local error in processing (smtp-sink fault injection)",
+    "452": "452 4.3.1 Insufficient system storage (smtp-sink fault injection)",
+}
+
+
+def read_fault(fault_file: Path) -> str | None:
+    """Return the SMTP reply to fail with, or None to accept (file absent or empty)."""
+    try:
+        text = fault_file.read_text(encoding="utf-8").strip()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not text:
+        return None
+    code = text.split()[0]
+    if code in FAULT_REPLIES:
+        return FAULT_REPLIES[code]
+    if re.fullmatch(r"[45]\d\d", code):
+        return f"{code} smtp-sink fault injection"
+    return None
+
+
+def header_value(content: bytes, name: str) -> str:
+    """Find one header in raw message bytes without parsing the whole message."""
+    head = content.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    match = re.search(rb"^" + name.encode() + rb":[ \t]*(.*)$", head, re.IGNORECASE | re.MULTILINE)
+    return match.group(1).strip().decode("utf-8", "replace") if match else "-"
+
+
+class MaildirHandler:
+    """aiosmtpd handler: store each accepted message as one Maildir file."""
+
+    def __init__(self, maildir: Path, fault_file: Path) -> None:
+        self.maildir = mailbox.Maildir(maildir, factory=None, create=True)
+        self.fault_file = fault_file
+        self.lock = threading.Lock()
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook name)
+        recipients = ", ".join(envelope.rcpt_tos)
+        fault = read_fault(self.fault_file)
+        if fault:
+            print(f"smtp-sink refused from={envelope.mail_from} to={recipients} reply={fault[:3]}", flush=True)
+            return fault
+        content = envelope.original_content or envelope.content
+        envelope_headers = (
+            f"X-Sink-Mail-From: {envelope.mail_from}\r\nX-Sink-Rcpt-To: {recipients}\r\n"
+        ).encode()
+        with self.lock:
+            key = self.maildir.add(envelope_headers + content)
+        print(
+            f"smtp-sink accepted from={envelope.mail_from} to={recipients} "
+            f"campaign={header_value(content, 'X-EduPulse-Campaign')} bytes={len(content)} file={key}",
+            flush=True,
+        )
+        return "250 2.0.0 Message accepted"
+
+
+def accept_any_login(server, session, envelope, mechanism, auth_data) -> AuthResult:
+    """Accept every AUTH attempt: the sink tests sending, not credentials."""
+    return AuthResult(success=True)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="SMTP server storing messages in a Maildir.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=2525)
+    parser.add_argument("--maildir", type=Path, default=Path("/var/lib/smtp-sink/Maildir"))
+    parser.add_argument("--fault-file", type=Path, default=Path("/run/smtp-sink/fault"))
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    handler = MaildirHandler(args.maildir, args.fault_file)
+    controller = Controller(
+        handler,
+        hostname=args.host,
+        port=args.port,
+        authenticator=accept_any_login,
+        auth_require_tls=False,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    controller.start()
+    print(f"smtp-sink listening on {args.host}:{args.port}, maildir {args.maildir}", flush=True)
+    try:
+        stop.wait()
+    finally:
+        controller.stop()
+        print("smtp-sink stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

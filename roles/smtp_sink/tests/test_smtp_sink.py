@@ -1,0 +1,121 @@
+"""smtp_sink.py and count_deliveries.py, run as the systemd unit runs them."""
+import json
+import smtplib
+import socket
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+FILES = Path(__file__).resolve().parents[1] / "files"
+SINK = FILES / "smtp_sink.py"
+COUNT = FILES / "count_deliveries.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"smtp_sink.py exited: {process.stdout.read()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"smtp_sink.py did not listen on {port}")
+
+
+@pytest.fixture
+def sink(tmp_path):
+    port = free_port()
+    maildir = tmp_path / "Maildir"
+    fault = tmp_path / "fault"
+    process = subprocess.Popen(
+        [sys.executable, str(SINK), "--host", "127.0.0.1", "--port", str(port),
+         "--maildir", str(maildir), "--fault-file", str(fault)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_port(port, process)
+        yield {"port": port, "maildir": maildir, "fault": fault, "process": process}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def send(port: int, to: str, campaign: str | None, login: bool = False) -> None:
+    message = EmailMessage()
+    message["From"] = "office@school.test"
+    message["To"] = to
+    message["Subject"] = "Hello"
+    if campaign:
+        message["X-EduPulse-Campaign"] = campaign
+    message.set_content("Body")
+    with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+        if login:
+            client.login("anyone", "anything")
+        client.send_message(message)
+
+
+def count(maildir: Path) -> dict:
+    result = subprocess.run(
+        [sys.executable, str(COUNT), "--maildir", str(maildir)],
+        capture_output=True, text=True, check=True, timeout=30,
+    )
+    return json.loads(result.stdout)
+
+
+def test_messages_are_stored_and_counted_per_campaign(sink):
+    send(sink["port"], "a@school.test", "c-1")
+    send(sink["port"], "b@school.test", "c-1", login=True)
+    send(sink["port"], "A@School.test", "c-1")  # a duplicate, whatever the case
+    send(sink["port"], "a@school.test", "c-2")
+    send(sink["port"], "x@school.test", None)
+
+    assert len(list((sink["maildir"] / "new").iterdir())) == 5
+    assert list((sink["maildir"] / "tmp").iterdir()) == []
+    assert count(sink["maildir"]) == {
+        "total": 5,
+        "by_campaign": {
+            "c-1": {"messages": 3, "unique_recipients": 2, "duplicates": ["a@school.test"]},
+            "c-2": {"messages": 1, "unique_recipients": 1, "duplicates": []},
+            "none": {"messages": 1, "unique_recipients": 1, "duplicates": []},
+        },
+    }
+
+
+@pytest.mark.parametrize("code", ["421", "451"])
+def test_fault_file_refuses_messages_until_removed(sink, code):
+    sink["fault"].write_text(f"{code}\n")
+    with pytest.raises(smtplib.SMTPResponseException) as refused:
+        send(sink["port"], "a@school.test", "c-1")
+    assert refused.value.smtp_code == int(code)
+
+    sink["fault"].unlink()
+    send(sink["port"], "a@school.test", "c-1")
+
+    assert count(sink["maildir"])["total"] == 1
+
+
+def test_logs_one_line_per_message(sink):
+    send(sink["port"], "a@school.test", "c-9")
+    sink["process"].terminate()
+    output = sink["process"].communicate(timeout=10)[0]
+
+    accepted = [line for line in output.splitlines() if line.startswith("smtp-sink accepted")]
+    assert len(accepted) == 1
+    assert "to=a@school.test" in accepted[0] and "campaign=c-9" in accepted[0]
+    assert "smtp-sink stopped" in output
+
+
+def test_count_of_an_empty_or_missing_maildir(tmp_path):
+    assert count(tmp_path / "missing") == {"total": 0, "by_campaign": {}}
