@@ -70,3 +70,24 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 1.
             return True
         time.sleep(interval)
     return predicate()
+
+
+def start_campaign(host, count: int, subject: str = "Exam timetable") -> str:
+    """Submit a campaign (queued modes return at once) and return its id."""
+    return send_campaign(host, count, subject)["id"]
+
+
+def wait_until_settled(host, campaign_id: str, timeout: float = 300) -> dict[str, Any]:
+    """Wait (bounded) until no delivery of the campaign is pending; return the ledger counts."""
+    wait_for(lambda: campaign_status(host, campaign_id)["pending"] == 0, timeout=timeout, interval=2)
+    return campaign_status(host, campaign_id)
+
+
+def assert_delivered_exactly_once(host, campaign_id: str, count: int) -> None:
+    """The ledger says all sent, and the SMTP server got each recipient exactly once."""
+    status = wait_until_settled(host, campaign_id)
+    received = sink_counts(host, campaign_id)
+    assert (status["sent"], status["failed"], status["pending"]) == (count, 0, 0), status
+    assert received["duplicates"] == [], received["duplicates"][:10]
+    assert received["unique_recipients"] == count
+    assert received["messages"] == count

@@ -47,12 +47,13 @@ ensure_engine() {
 
 # Image name for a Debian suite: the names .config/molecule/config.yml and playbooks/demo.yml
 # use. Bump the tag (r2, r3, ...) whenever the recipe below changes, so old images are not reused.
-# iproute2 (ss) is on every real server and testinfra's socket checks need it.
+# Like an Ubuntu 24.04 server image: iproute2 (ss: testinfra socket checks) and python3-apt
+# (Ansible's apt module needs it in check mode) come preinstalled.
 image_name() {
   case "$1" in
-    bookworm) echo "edupulse/debian12-systemd:r2" ;;
-    trixie) echo "edupulse/debian13-systemd:r2" ;;
-    *) echo "edupulse/$1-systemd:r2" ;;
+    bookworm) echo "edupulse/debian12-systemd:r3" ;;
+    trixie) echo "edupulse/debian13-systemd:r3" ;;
+    *) echo "edupulse/$1-systemd:r3" ;;
   esac
 }
 
@@ -68,7 +69,7 @@ build_image() {
   mkdir -p "$cache_dir/debootstrap-$suite"
   log "debootstrap $suite into $rootfs"
   as_root debootstrap --variant=minbase --cache-dir="$cache_dir/debootstrap-$suite" \
-    --include=systemd,systemd-sysv,python3,dbus,sudo,ca-certificates,iproute2 \
+    --include=systemd,systemd-sysv,python3,dbus,sudo,ca-certificates,iproute2,python3-apt \
     "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || {
       tail -n 30 "$rootfs.log" >&2; exit 1; }
   # A server's apt sources: the suite, its updates and security.
