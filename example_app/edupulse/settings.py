@@ -59,6 +59,20 @@ if not SECRET_KEY:
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS")
 
+# Behind the TLS proxy (roles/nginx): Nginx terminates HTTPS and always sets X-Forwarded-Proto,
+# and Gunicorn listens on loopback only, so the header can be trusted; cookies then travel over
+# HTTPS only. Off by default: a laptop's runserver has no proxy, and trusting the header
+# without one would let any client claim HTTPS.
+SECURE_PROXY = env_bool("DJANGO_SECURE_PROXY", False)
+if SECURE_PROXY:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+# Nginx already redirects HTTP to HTTPS; this is for a proxy that does not. The health check
+# is exempt: the deployment checks Gunicorn directly over plain HTTP on loopback.
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SECURE_REDIRECT_EXEMPT = [r"^healthz/$"]
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
