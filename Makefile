@@ -21,13 +21,14 @@ export PYTHONDONTWRITEBYTECODE := 1
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt tests/harness/prepare-host.sh
+	tests/harness/prepare-host.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements.txt
 	touch $@
 
-setup: $(VENV)/.installed ## Create .venv with the pinned controller tools
+setup: $(VENV)/.installed ## Controller packages (rsync, redis-server) and .venv with the pinned tools
 
 images: ## Start a Docker engine if none answers; build the local systemd images
 	tests/harness/prepare-docker.sh
