@@ -78,18 +78,26 @@ def settings_block(package: str, mode: str) -> Block:
 
 
 def urls_block(package: str, mode: str) -> Block:
-    """Mount the app's URLs at the site root (they all start with bulk-email/ or django-rq/)."""
+    """Mount the app's URLs at the site root (they all start with bulk-email/), and in rq
+    mode django-rq's dashboard at django-rq/ (its views let staff users only in).
+
+    The rq line is part of the block, not of the app's urls.py, so that a batch project
+    never imports django_rq; switching --mode rewrites the block in place.
+    """
+    patterns = [f'_bulk_email_path("", _bulk_email_include("{APP_NAME}.urls"))']
+    if mode == "rq":
+        patterns.append('_bulk_email_path("django-rq/", _bulk_email_include("django_rq.urls"))')
     return Block(
         f"{package}/urls.py",
         "from django.urls import include as _bulk_email_include  # noqa: E402\n"
         "from django.urls import path as _bulk_email_path  # noqa: E402\n"
         "\n"
-        f'urlpatterns = [*urlpatterns, _bulk_email_path("", _bulk_email_include("{APP_NAME}.urls"))]\n',
+        f"urlpatterns = [*urlpatterns, {', '.join(patterns)}]\n",
     )
 
 
 def edits_for(package: str, mode: str) -> list[Block]:
-    """The blocks a mode needs. rq and celery will extend this list (see module doc)."""
+    """The blocks a mode needs (rq: the urls block differs); celery will extend this list."""
     return [settings_block(package, mode), urls_block(package, mode)]
 
 

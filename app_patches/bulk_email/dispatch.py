@@ -1,9 +1,11 @@
 """Handing a campaign to its queue mode: the one place that differs per mode.
 
 batch: send now, in this process (the caller waits).
-rq, celery: will enqueue one job per batch (each job calls
-sending.send_deliveries); until those modes are implemented, dispatching a
-campaign created in them fails loudly instead of silently sending inline.
+rq: enqueue one job per batch on the email queue and return at once
+(rq_jobs; imported only here, so batch deployments need no rq).
+celery: will enqueue one task per batch; until it is implemented,
+dispatching a campaign created in it fails loudly instead of silently
+sending inline.
 """
 import time
 from collections.abc import Callable
@@ -18,8 +20,16 @@ def _send_now(campaign: Campaign, sleep: Sleep) -> CampaignRun:
     return send_campaign(campaign, sleep=sleep)
 
 
+def _enqueue_rq(campaign: Campaign, sleep: Sleep) -> CampaignRun:
+    """Enqueue the campaign's batches; ``sleep`` is unused (the jobs are spaced instead)."""
+    from .rq_jobs import enqueue_campaign
+
+    return enqueue_campaign(campaign)
+
+
 DISPATCHERS: dict[str, Callable[[Campaign, Sleep], CampaignRun]] = {
     "batch": _send_now,
+    "rq": _enqueue_rq,
 }
 
 

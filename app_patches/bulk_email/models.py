@@ -4,6 +4,10 @@ The ledger, not the SMTP session, is the source of truth about who got a
 message. Each row is marked sent the moment the server accepts it, so a
 crash, a retry or a second worker never mails the same person twice, and
 the pending rows are exactly the work that remains.
+
+A pending row can be *claimed* (claimed_by/claimed_at set) by the one
+runner that is sending it right now; see sending.claim for why and how a
+claim left behind by a killed process is taken over.
 """
 import uuid
 
@@ -36,6 +40,12 @@ class Campaign(models.Model):
             counts[status] = n
         return counts
 
+    def sending(self) -> int:
+        """Pending deliveries some runner has claimed (being sent now, or left by a dead one)."""
+        return self.deliveries.filter(
+            status=Delivery.Status.PENDING, claimed_at__isnull=False
+        ).count()
+
 
 class Delivery(models.Model):
     """The state of one recipient of one campaign."""
@@ -51,6 +61,10 @@ class Delivery(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
     sent_at = models.DateTimeField(null=True, blank=True)
+    # Who is sending this pending delivery right now (a job id or host:pid) and since when;
+    # claimed_at is NULL when nobody is. Kept as the last sender's name once sent, for audits.
+    claimed_by = models.CharField(max_length=128, blank=True, default="")
+    claimed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]

@@ -29,12 +29,28 @@ Rules, and why:
   exception and all unsent deliveries stay pending.
 * Before each message the quota hook is asked; when it refuses, the run
   stops and the rest stays pending.
+* Before each message the runner *claims* the delivery (see :func:`claim`),
+  so two runners given the same ids (an rq job run twice, two overlapping
+  ``--resume`` runs) never both send it. A delivery claimed by another live
+  runner is skipped and counted as ``busy``: it stays pending.
+
+The one window that cannot be closed: the server has answered 250 but the
+process dies before the UPDATE that marks the delivery sent has committed.
+The ledger still says pending, the claim expires after
+BULK_EMAIL_CLAIM_TIMEOUT, and the message is sent a second time. The mark
+is therefore its own autocommitted UPDATE issued right after the reply (no
+surrounding transaction, nothing else in between), which shrinks the window
+to one database write; and the Message-ID is stable per delivery, so
+receiving systems can drop the copy.
 """
 import logging
+import os
 import smtplib
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -42,7 +58,7 @@ from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.utils import DNS_NAME
 from django.core.validators import validate_email
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from .models import Campaign, Delivery
@@ -55,7 +71,7 @@ OUTAGE_AFTER = 3
 
 Sleep = Callable[[float], None]
 
-SENT, FAILED, DEFERRED = "sent", "failed", "deferred"
+SENT, FAILED, DEFERRED, BUSY = "sent", "failed", "deferred", "busy"
 TRANSIENT, PERMANENT, FATAL = "transient", "permanent", "fatal"
 
 
@@ -66,11 +82,17 @@ class SendResult:
     sent: int = 0
     failed: int = 0
     deferred: int = 0
+    busy: int = 0  # claimed by another runner that is still within the claim timeout
     stopped: str | None = None
 
     def add(self, outcome: str) -> None:
-        """Count one delivery's outcome (SENT, FAILED or DEFERRED)."""
+        """Count one delivery's outcome (SENT, FAILED, DEFERRED or BUSY)."""
         setattr(self, outcome, getattr(self, outcome) + 1)
+
+    @property
+    def pending(self) -> int:
+        """Deliveries this run was given that it left pending (deferred or busy)."""
+        return self.deferred + self.busy
 
 
 @dataclass
@@ -160,11 +182,59 @@ def close_quietly(connection: BaseEmailBackend) -> None:
         pass
 
 
+def default_runner() -> str:
+    """The claim name of a runner outside rq: host and pid, enough to find it in the logs."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim(delivery: Delivery, runner: str) -> bool:
+    """Atomically take a pending delivery for ``runner``; False if another runner holds it.
+
+    One UPDATE ... WHERE status='pending' AND (unclaimed OR claim expired):
+    the database serialises concurrent UPDATEs of a row (SQLite takes its
+    write lock, PostgreSQL re-checks the WHERE after waiting for the row
+    lock), so exactly one runner sees a row count of 1. This works the same
+    on SQLite, which has no SELECT ... FOR UPDATE SKIP LOCKED.
+
+    A claim older than BULK_EMAIL_CLAIM_TIMEOUT belongs to a runner that was
+    killed between claiming and marking (SIGKILL, OOM, power loss), because
+    a live runner refreshes claimed_at on every attempt (see _mark). Taking
+    it over is what keeps such a delivery from being lost.
+    """
+    now = timezone.now()
+    expired = now - timedelta(seconds=settings.BULK_EMAIL_CLAIM_TIMEOUT)
+    taken = (
+        Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.PENDING)
+        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=expired))
+        .update(claimed_by=runner, claimed_at=now)
+    )
+    if taken and delivery.claimed_at is not None:
+        logger.warning(
+            "batch email recipient=%s reclaimed from %s (claimed at %s, runner presumed dead)",
+            delivery.recipient, delivery.claimed_by, delivery.claimed_at.isoformat(),
+        )
+    return bool(taken)
+
+
+def release_claims(delivery_ids: Sequence[int], runner: str) -> None:
+    """Drop the claims ``runner`` still holds among ``delivery_ids`` (run ended or failed)."""
+    Delivery.objects.filter(
+        pk__in=list(delivery_ids), status=Delivery.Status.PENDING, claimed_by=runner
+    ).update(claimed_by="", claimed_at=None)
+
+
 def _mark(delivery: Delivery, status: str, error: str = "") -> None:
-    """Record one attempt in the ledger, committed at once (autocommit)."""
+    """Record one attempt in the ledger, committed at once (autocommit).
+
+    A final status ends the claim (claimed_at NULL, claimed_by kept as the
+    sender's name); a retryable attempt keeps it and refreshes claimed_at,
+    so a slow but live runner is never mistaken for a dead one.
+    """
+    now = timezone.now()
     changes: dict = {"attempts": F("attempts") + 1, "last_error": error, "status": status}
+    changes["claimed_at"] = now if status == Delivery.Status.PENDING else None
     if status == Delivery.Status.SENT:
-        changes["sent_at"] = timezone.now()
+        changes["sent_at"] = now
     Delivery.objects.filter(pk=delivery.pk).update(**changes)
 
 
@@ -215,13 +285,17 @@ def send_deliveries(
     connection: BaseEmailBackend | None = None,
     *,
     sleep: Sleep = time.sleep,
+    runner: str | None = None,
 ) -> SendResult:
     """Send the still-pending deliveries among ``delivery_ids`` over one connection.
 
     The connection is opened once and reused; it is closed at the end only
     if this function created it. Deliveries already sent or failed are
-    skipped, so calling this twice with the same ids is harmless.
+    skipped, and each one is claimed before it is sent, so calling this
+    twice with the same ids, even at the same time, sends nobody twice.
+    ``runner`` names the claimant (the rq job id in rq mode).
     """
+    runner = runner or default_runner()
     deliveries = (
         Delivery.objects.filter(pk__in=list(delivery_ids), status=Delivery.Status.PENDING)
         .select_related("campaign")
@@ -239,8 +313,13 @@ def send_deliveries(
                 result.stopped = reason
                 logger.warning("batch email campaign=%s stopped: %s", delivery.campaign_id, reason)
                 break
+            if not claim(delivery, runner):
+                result.add(BUSY)
+                continue
             outcome = deliver(delivery, connection, sleep)
             result.add(outcome)
+            if outcome == DEFERRED:
+                release_claims([delivery.pk], runner)
             deferred_in_a_row = deferred_in_a_row + 1 if outcome == DEFERRED else 0
             if deferred_in_a_row >= OUTAGE_AFTER:
                 result.stopped = (
@@ -253,6 +332,9 @@ def send_deliveries(
                 )
                 break
     finally:
+        # Also on a fatal error or an interrupt: what this runner did not finish is free again.
+        # Only a killed process skips this, and its claims expire (see claim).
+        release_claims(delivery_ids, runner)
         if own_connection:
             close_quietly(connection)
     return result
@@ -264,13 +346,19 @@ def chunks(ids: Sequence[int], size: int) -> list[list[int]]:
 
 
 def send_batch(
-    campaign: Campaign, delivery_ids: Sequence[int], number: int, total: int, *, sleep: Sleep
+    campaign: Campaign,
+    delivery_ids: Sequence[int],
+    number: int,
+    total: int,
+    *,
+    sleep: Sleep,
+    runner: str | None = None,
 ) -> SendResult:
     """Send one batch and log the line operators grep for ("batch email")."""
-    result = send_deliveries(delivery_ids, sleep=sleep)
+    result = send_deliveries(delivery_ids, sleep=sleep, runner=runner)
     logger.info(
         "batch email campaign=%s batch=%d/%d sent=%d failed=%d pending=%d",
-        campaign.id, number, total, result.sent, result.failed, result.deferred,
+        campaign.id, number, total, result.sent, result.failed, result.pending,
     )
     return result
 

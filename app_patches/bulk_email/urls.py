@@ -1,6 +1,7 @@
 """URLs the project mounts through the block apply.py adds to its urls.py.
 
-The rq mode will add the django-rq dashboard (/django-rq/) here.
+The django-rq dashboard (/django-rq/) is mounted by that block itself in rq
+mode (apply.py --mode rq), so batch projects never import django_rq.
 """
 from django.urls import path
 

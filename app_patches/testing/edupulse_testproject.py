@@ -8,12 +8,21 @@ runs), puts the copy first on sys.path and sets DJANGO_SETTINGS_MODULE.
 This happens in ``pytest_load_initial_conftests`` with tryfirst, i.e.
 before pytest-django's own hook reads DJANGO_SETTINGS_MODULE and sets
 Django up; a conftest.py would be imported too late for that.
+
+The copy is patched with ``--mode rq`` and runs with BULK_EMAIL_QUEUE_MODE=rq,
+the superset (django_rq installed, RQ_QUEUES from BULK_EMAIL_REDIS_URL,
+/django-rq/ mounted); bulk_email/tests/conftest.py makes new campaigns batch
+campaigns unless a test asks for rq. The Redis URL names a loopback port
+chosen here and an ACL user; the ``redis_server`` fixture starts a
+redis-server there with that user when a test needs it.
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,19 +50,28 @@ TEST_ENV = {
     "EMAIL_USE_SSL": "false",
     "DEFAULT_FROM_EMAIL": "EduPulse <noreply@edupulse.test>",
     "BULK_EMAIL_BATCH_DELAY": "0",
-    "BULK_EMAIL_QUEUE_MODE": "batch",
+    "BULK_EMAIL_QUEUE_MODE": "rq",
 }
+REDIS_USER = "edupulse-app"
 # Variables a developer's shell might set that would change test results.
 CLEARED_ENV = [
     "EMAIL_BACKEND", "EMAIL_TIMEOUT", "DJANGO_SQLITE_PATH", "DJANGO_STATIC_ROOT",
     "BULK_EMAIL_BATCH_SIZE", "BULK_EMAIL_DAILY_QUOTA", "BULK_EMAIL_MAX_ATTEMPTS",
     "BULK_EMAIL_RETRY_BACKOFF", "BULK_EMAIL_RETRY_BACKOFF_MAX", "BULK_EMAIL_QUOTA_HOOK",
+    "BULK_EMAIL_CLAIM_TIMEOUT", "BULK_EMAIL_RQ_RETRY_INTERVALS",
 ]
 
 _workdir: Path | None = None
 
 
-def build_patched_project(workdir: Path) -> Path:
+def free_port() -> int:
+    """A loopback port that is free now, for the test redis-server."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def build_patched_project(workdir: Path, mode: str = "rq") -> Path:
     """Copy example_app into workdir and patch it with apply.py; return the project dir."""
     project = workdir / "project"
     shutil.copytree(
@@ -62,7 +80,7 @@ def build_patched_project(workdir: Path) -> Path:
         ignore=shutil.ignore_patterns("tests", "__pycache__", "*.pyc", "db.sqlite3*", "staticfiles"),
     )
     completed = subprocess.run(
-        [sys.executable, str(APPLY), "--project", str(project), "--json"],
+        [sys.executable, str(APPLY), "--project", str(project), "--mode", mode, "--json"],
         capture_output=True, text=True, check=False,
     )
     if completed.returncode != 0:
@@ -83,6 +101,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     os.environ.update(TEST_ENV)
     os.environ["DJANGO_SQLITE_PATH"] = str(_workdir / "db.sqlite3")
     os.environ["DJANGO_STATIC_ROOT"] = str(_workdir / "static")
+    password = secrets.token_hex(8)
+    os.environ["BULK_EMAIL_REDIS_URL"] = f"redis://{REDIS_USER}:{password}@127.0.0.1:{free_port()}/0"
     sys.path.insert(0, str(project))
 
 

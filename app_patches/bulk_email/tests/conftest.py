@@ -1,17 +1,26 @@
-"""Fixtures: a real SMTP server on loopback with scripted faults.
+"""Fixtures: a real SMTP server on loopback with scripted faults, and a real Redis.
 
 The sender's guarantees (exactly once, one connection per batch, retry on
 4xx, no retry on 5xx) are about what an SMTP server sees, so the tests run
-an aiosmtpd server on 127.0.0.1 and count at the server side.
+an aiosmtpd server on 127.0.0.1 and count at the server side. The rq tests
+run a redis-server of their own (never the system service) on the port and
+with the ACL user of BULK_EMAIL_REDIS_URL (set by the edupulse_testproject
+plugin), and execute jobs with an in-process burst SimpleWorker.
 """
 from __future__ import annotations
 
 import email
+import os
+import shutil
 import socket
+import subprocess
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from email.message import Message
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -135,3 +144,66 @@ class SleepRecorder:
 def sleep() -> SleepRecorder:
     return SleepRecorder()
 
+
+
+@pytest.fixture(autouse=True)
+def batch_campaigns_by_default(settings) -> None:
+    """The test project runs in rq mode (the superset); campaigns are batch unless a test asks."""
+    settings.BULK_EMAIL_QUEUE_MODE = "batch"
+
+
+def start_redis(url: str, directory: Path) -> subprocess.Popen:
+    """Start redis-server for ``url`` (port, ACL user and password), default user disabled."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "redis-server is not installed; the rq tests need it: apt-get install -y redis-server",
+            pytrace=False,
+        )
+    parts = urlsplit(url)
+    process = subprocess.Popen(
+        [
+            binary, "--port", str(parts.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(directory), "--daemonize", "no",
+            "--user", "default", "off",
+            "--user", parts.username, "on", f">{parts.password}", "~rq:*", "&rq:*", "+@all",
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", parts.port), timeout=0.2).close()
+            return process
+        except OSError:
+            if process.poll() is not None:
+                pytest.fail(f"redis-server exited with {process.returncode}", pytrace=False)
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail("redis-server did not start listening within 10 s", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[str]:
+    """A private redis-server on the port of BULK_EMAIL_REDIS_URL; yields the URL."""
+    url = os.environ["BULK_EMAIL_REDIS_URL"]
+    process = start_redis(url, tmp_path_factory.mktemp("redis"))
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def rq_mode(settings, smtp, redis_server):
+    """rq campaigns against the private Redis (emptied first), no waiting between attempts."""
+    import django_rq
+
+    settings.BULK_EMAIL_QUEUE_MODE = "rq"
+    settings.BULK_EMAIL_BATCH_DELAY = 0
+    settings.BULK_EMAIL_RETRY_BACKOFF = 0
+    settings.BULK_EMAIL_RQ_RETRY_INTERVALS = [0, 0]
+    queue = django_rq.get_queue("email")
+    queue.connection.flushdb()
+    return queue

@@ -50,7 +50,7 @@ def test_create_campaign_rejects_empty_input(subject, recipients):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("mode", ["rq", "celery"])
+@pytest.mark.parametrize("mode", ["celery"])
 def test_dispatch_refuses_modes_not_implemented_yet(settings, mode, smtp):
     settings.BULK_EMAIL_QUEUE_MODE = mode
     campaign = create_campaign("Hi", "Body", ["a@x.test"])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-import bulk_email
 from bulk_email.models import Campaign
+from edupulse_testproject import build_patched_project
 
 pytestmark = pytest.mark.django_db
 
@@ -104,11 +104,31 @@ def test_campaign_status(fast):
     campaign_id = lines[0].removeprefix("campaign ")
 
     assert run("campaign_status", campaign_id) == [
-        f"campaign {campaign_id} mode=batch recipients=2 sent=1 failed=1 pending=0"
+        f"campaign {campaign_id} mode=batch recipients=2 sent=1 failed=1 pending=0 sending=0"
     ]
     assert json.loads(run("campaign_status", campaign_id, "--json")[-1]) == {
         "id": campaign_id, "mode": "batch", "recipients": 2, "pending": 0, "sent": 1, "failed": 1,
+        "sending": 0,
     }
+
+
+def test_retry_failed_in_batch_mode_resends_pending_deliveries(fast, settings):
+    assert run("retry_failed") == ["nothing to retry"]
+    settings.BULK_EMAIL_DAILY_QUOTA = 1
+    run("send_campaign", "--subject", "Hi", "--body", "x", "--to", "a@x.test", "--to", "b@x.test")
+    settings.BULK_EMAIL_DAILY_QUOTA = 0
+
+    dry = run("retry_failed", "--dry-run", "--json")
+    assert dry[0] == "would retry 1 campaigns (1 pending deliveries)"
+    assert fast.received() == {"a@x.test": 1}
+
+    lines = run("retry_failed", "--json")
+
+    assert json.loads(lines[-1]) == {
+        "mode": "batch", "dry_run": False, "campaigns": 1, "deliveries": 1, "retried": 1,
+    }
+    assert fast.received() == {"a@x.test": 1, "b@x.test": 1}
+    assert run("retry_failed") == ["nothing to retry"]
 
 
 @pytest.mark.parametrize("campaign_id", [str(uuid.uuid4()), "not-a-uuid"])
@@ -118,13 +138,18 @@ def test_campaign_status_unknown_id(campaign_id):
 
 
 def test_commands_through_manage_py_exit_codes(smtp_server, tmp_path):
-    """As the operator runs them: separate processes, env-configured, real exit codes."""
-    project = Path(bulk_email.__file__).resolve().parents[1]
+    """As the operator runs them: separate processes, env-configured, real exit codes.
+
+    On a copy patched for batch mode (the shared test project is patched for rq).
+    """
+    project = build_patched_project(tmp_path, mode="batch")
     env = {
         **os.environ,
         "DJANGO_SQLITE_PATH": str(tmp_path / "db.sqlite3"),
         "EMAIL_PORT": str(smtp_server.port),
         "BULK_EMAIL_BATCH_DELAY": "0",
+        "BULK_EMAIL_QUEUE_MODE": "batch",
+        "PYTHONPATH": "",
     }
 
     def manage(*args: str) -> subprocess.CompletedProcess:

@@ -20,6 +20,8 @@ def test_defaults():
         "BULK_EMAIL_RETRY_BACKOFF": 2,
         "BULK_EMAIL_RETRY_BACKOFF_MAX": 60,
         "BULK_EMAIL_QUOTA_HOOK": "bulk_email.quota.daily_quota",
+        "BULK_EMAIL_CLAIM_TIMEOUT": 300,
+        "BULK_EMAIL_RQ_RETRY_INTERVALS": [10, 30, 60, 300, 900],
         "BULK_EMAIL_INSTALLED_APPS": ["bulk_email"],
     }
 
@@ -31,6 +33,9 @@ def test_values_from_environment():
             "BULK_EMAIL_BATCH_DELAY": "0",
             "BULK_EMAIL_DAILY_QUOTA": "0",
             "BULK_EMAIL_QUEUE_MODE": " RQ ",
+            "BULK_EMAIL_REDIS_URL": "redis://rq-app:secret@127.0.0.1:6379/0",
+            "BULK_EMAIL_CLAIM_TIMEOUT": "120",
+            "BULK_EMAIL_RQ_RETRY_INTERVALS": "5, 60",
             "EMAIL_TIMEOUT": "30",
         }
     )
@@ -39,6 +44,31 @@ def test_values_from_environment():
     assert values["BULK_EMAIL_DAILY_QUOTA"] == 0
     assert values["BULK_EMAIL_QUEUE_MODE"] == "rq"
     assert values["EMAIL_TIMEOUT"] == 30
+    assert values["BULK_EMAIL_CLAIM_TIMEOUT"] == 120
+    assert values["BULK_EMAIL_RQ_RETRY_INTERVALS"] == [5, 60]
+
+
+def test_rq_mode_installs_django_rq_and_both_queues_from_one_url():
+    url = "redis://rq-app:secret@127.0.0.1:6379/0"
+    values = load({"BULK_EMAIL_QUEUE_MODE": "rq", "BULK_EMAIL_REDIS_URL": url})
+    assert values["BULK_EMAIL_INSTALLED_APPS"] == ["bulk_email", "django_rq"]
+    assert values["RQ_QUEUES"] == {
+        "default": {"URL": url, "DEFAULT_TIMEOUT": 360},
+        "email": {"URL": url, "DEFAULT_TIMEOUT": 600},
+    }
+    assert "RQ_QUEUES" not in load({})  # batch mode never configures django-rq
+
+
+@pytest.mark.parametrize("url", ["", "  "])
+def test_rq_mode_requires_the_redis_url(url):
+    with pytest.raises(ImproperlyConfigured, match="BULK_EMAIL_REDIS_URL must be set when BULK_EMAIL_QUEUE_MODE=rq"):
+        load({"BULK_EMAIL_QUEUE_MODE": "rq", "BULK_EMAIL_REDIS_URL": url})
+
+
+def test_bad_redis_url_is_rejected_without_showing_the_password():
+    with pytest.raises(ImproperlyConfigured, match="BULK_EMAIL_REDIS_URL must start with") as caught:
+        load({"BULK_EMAIL_QUEUE_MODE": "rq", "BULK_EMAIL_REDIS_URL": "http://rq-app:s3cret@host/0"})
+    assert "s3cret" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +86,9 @@ def test_values_from_environment():
         ("BULK_EMAIL_MAX_ATTEMPTS", "0"),
         ("BULK_EMAIL_RETRY_BACKOFF", "-2"),
         ("EMAIL_TIMEOUT", "0"),
+        ("BULK_EMAIL_CLAIM_TIMEOUT", "0"),
+        ("BULK_EMAIL_RQ_RETRY_INTERVALS", "10,soon"),
+        ("BULK_EMAIL_RQ_RETRY_INTERVALS", "10,-5"),
     ],
 )
 def test_invalid_values_raise_improperly_configured_naming_the_variable(name, value):
@@ -74,14 +107,18 @@ def test_module_import_fails_on_invalid_environment(monkeypatch):
 
 
 def test_star_import_exports_only_its_own_settings():
+    # The test project runs in rq mode, so RQ_QUEUES is exported too.
     assert "EMAIL_HOST" not in bulk_settings.__all__
-    assert all(name.startswith("BULK_EMAIL_") or name == "EMAIL_TIMEOUT" for name in bulk_settings.__all__)
+    assert "RQ_QUEUES" in bulk_settings.__all__
+    own = {"EMAIL_TIMEOUT", "RQ_QUEUES"}
+    assert all(name.startswith("BULK_EMAIL_") or name in own for name in bulk_settings.__all__)
     assert all(hasattr(bulk_settings, name) for name in bulk_settings.__all__)
 
 
 def test_project_settings_include_the_app_and_keep_the_users_email_settings(settings):
     assert settings.INSTALLED_APPS.count("bulk_email") == 1
-    assert settings.INSTALLED_APPS[-1] == "bulk_email"
+    assert settings.INSTALLED_APPS[-2:] == ["bulk_email", "django_rq"]  # rq mode (test project)
+    assert settings.RQ_QUEUES["email"]["DEFAULT_TIMEOUT"] == 600
     assert "core" in settings.INSTALLED_APPS
     # The test environment sets EMAIL_HOST=127.0.0.1 for the project; the app must not touch it.
     assert settings.EMAIL_HOST == "127.0.0.1"

@@ -1,7 +1,12 @@
 """``manage.py campaign_status <uuid> [--json]``: the ledger counts of one campaign.
 
-Output: ``campaign <uuid> mode=<mode> recipients=<n> sent=<n> failed=<n> pending=<n>``,
-or with --json one JSON object. Exits 1 for an unknown id.
+Output: ``campaign <uuid> mode=<mode> recipients=<n> sent=<n> failed=<n> pending=<n> sending=<n>``
+and, for an rq campaign, `` queued=<n> started=<n> failed_jobs=<n>``; or with --json one
+JSON object with the same keys. Exits 1 for an unknown id.
+
+pending counts every delivery not yet sent or failed, so "pending == 0" means done;
+sending is the part of it a runner has claimed right now. queued (waiting or scheduled),
+started and failed_jobs count the campaign's jobs in the rq email queue and its registries.
 """
 import json
 from argparse import ArgumentParser
@@ -10,6 +15,26 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from bulk_email.models import Campaign
+
+TEXT_KEYS = ("mode", "recipients", "sent", "failed", "pending", "sending", "queued", "started", "failed_jobs")
+
+
+def campaign_status(campaign: Campaign) -> dict:
+    """Ledger counts, plus the campaign's rq jobs for an rq campaign."""
+    counts = campaign.counts()
+    status = {
+        "id": str(campaign.id),
+        "mode": campaign.mode,
+        "recipients": sum(counts.values()),
+        **counts,
+        "sending": campaign.sending(),
+    }
+    if campaign.mode == "rq":
+        from bulk_email.rq_jobs import campaign_jobs
+
+        jobs = campaign_jobs(campaign.id)
+        status.update(queued=jobs.queued, started=jobs.started, failed_jobs=jobs.failed)
+    return status
 
 
 class Command(BaseCommand):
@@ -24,17 +49,11 @@ class Command(BaseCommand):
             campaign = Campaign.objects.get(pk=options["campaign_id"])
         except (Campaign.DoesNotExist, ValidationError):
             raise CommandError(f"unknown campaign {options['campaign_id']}") from None
-        counts = campaign.counts()
-        status = {
-            "id": str(campaign.id),
-            "mode": campaign.mode,
-            "recipients": sum(counts.values()),
-            **counts,
-        }
+        status = campaign_status(campaign)
         if options["json"]:
             self.stdout.write(json.dumps(status))
         else:
             self.stdout.write(
                 f"campaign {status['id']} "
-                + " ".join(f"{key}={status[key]}" for key in ("mode", "recipients", "sent", "failed", "pending"))
+                + " ".join(f"{key}={status[key]}" for key in TEXT_KEYS if key in status)
             )

@@ -1,0 +1,180 @@
+"""rq mode: a campaign becomes one job per batch on django-rq's ``email`` queue.
+
+Imported only in rq mode (dispatch and the commands import it lazily), so a
+batch deployment never needs rq installed.
+
+Why one job per batch and not per recipient: a job is the same
+``send_deliveries(ids)`` call batch mode makes, over one SMTP connection,
+so a batch costs one connect/EHLO/STARTTLS/AUTH instead of one per message
+and one Redis round trip of job bookkeeping instead of twenty;
+bench/rq_job_granularity.py measures the difference (see its docstring).
+
+Why the batch delay is spacing of the jobs: job k (0-based) is enqueued
+``k * BULK_EMAIL_BATCH_DELAY`` seconds later with ``enqueue_in``, so a worker
+never sleeps while holding the queue, and several workers together still
+respect the provider's rate. This needs a worker started with
+``--with-scheduler`` (roles/rqworker runs instance 1 that way); with a delay
+of 0 the jobs are enqueued directly.
+
+Retries: a job that leaves deliveries of its batch pending (transient SMTP
+errors beyond the in-job attempts, an outage, the quota, or deliveries
+claimed by another runner) raises DeliveriesPending, and RQ runs it again
+after BULK_EMAIL_RQ_RETRY_INTERVALS. Permanent errors are in the ledger and
+do not fail the job. When the retries are used up the job sits in the email
+queue's FailedJobRegistry while its deliveries stay pending in the ledger:
+``manage.py retry_failed`` puts it back. A re-run only ever sends what is
+still pending, so running a job twice (RQ issues #2015, #2424) is harmless.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import django_rq
+from django.conf import settings
+from rq import Queue, Retry, get_current_job
+from rq.job import Job
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from .models import Campaign, Delivery
+from .sending import CampaignRun, chunks, send_batch
+
+logger = logging.getLogger("bulk_email")
+
+QUEUE = "email"
+JOB_PREFIX = "bulk_email"
+
+
+class DeliveriesPending(Exception):
+    """Raised by a job that left deliveries pending, so that RQ retries it later."""
+
+
+def email_queue() -> Queue:
+    """The django-rq queue the campaign jobs go to (RQ_QUEUES['email'])."""
+    return django_rq.get_queue(QUEUE)
+
+
+def retry_policy() -> Retry:
+    """RQ's retry for campaign jobs, from BULK_EMAIL_RQ_RETRY_INTERVALS."""
+    intervals = list(settings.BULK_EMAIL_RQ_RETRY_INTERVALS)
+    return Retry(max=max(len(intervals), 1), interval=intervals or 0)
+
+
+def job_id(campaign: Campaign, number: int) -> str:
+    """A job id naming its campaign, so queue registries can be counted per campaign.
+
+    The random tail keeps ids unique when a campaign is resumed while older
+    jobs of it still exist (RQ would otherwise overwrite and run one twice).
+    """
+    return f"{campaign_prefix(campaign.id)}{number}-{secrets.token_hex(4)}"
+
+
+def campaign_prefix(campaign_id: object) -> str:
+    return f"{JOB_PREFIX}-{campaign_id}-"
+
+
+def send_batch_job(campaign_id: str, delivery_ids: list[int], number: int, total: int) -> dict:
+    """The rq job: send one batch; raise DeliveriesPending if any of it is left pending."""
+    campaign = Campaign.objects.get(pk=campaign_id)
+    job = get_current_job()
+    runner = f"rq:{job.id}" if job else None
+    result = send_batch(campaign, delivery_ids, number, total, sleep=time.sleep, runner=runner)
+    if result.pending or result.stopped:
+        reason = result.stopped or (
+            f"{result.deferred} deferred after transient errors, "
+            f"{result.busy} claimed by another runner"
+        )
+        raise DeliveriesPending(
+            f"campaign {campaign_id} batch {number}/{total}: {result.pending} pending ({reason})"
+        )
+    return {"sent": result.sent, "failed": result.failed}
+
+
+def enqueue_campaign(campaign: Campaign) -> CampaignRun:
+    """Enqueue one job per batch of the campaign's pending deliveries; return at once.
+
+    The run's counts are the ledger at submit time (everything pending),
+    taken before the first job can start.
+    """
+    pending = campaign.deliveries.filter(status=Delivery.Status.PENDING).order_by("pk")
+    batches = chunks(list(pending.values_list("pk", flat=True)), settings.BULK_EMAIL_BATCH_SIZE)
+    run = CampaignRun(campaign_id=str(campaign.id), batches=len(batches), counts=campaign.counts())
+    queue = email_queue()
+    for index, batch in enumerate(batches):
+        enqueue_batch(queue, campaign, batch, index + 1, len(batches), delay=index * settings.BULK_EMAIL_BATCH_DELAY)
+    logger.info(
+        "batch email campaign=%s enqueued jobs=%d queue=%s recipients=%d",
+        campaign.id, len(batches), QUEUE, sum(len(batch) for batch in batches),
+    )
+    return run
+
+
+def enqueue_batch(
+    queue: Queue, campaign: Campaign, ids: Sequence[int], number: int, total: int, *, delay: float
+) -> Job:
+    """Enqueue one batch job now, or ``delay`` seconds from now (needs --with-scheduler)."""
+    options = {
+        "args": (str(campaign.id), list(ids), number, total),
+        "job_id": job_id(campaign, number),
+        "retry": retry_policy(),
+        "description": f"bulk email campaign {campaign.id} batch {number}/{total}",
+    }
+    if delay > 0:
+        return queue.enqueue_in(timedelta(seconds=delay), send_batch_job, **options)
+    return queue.enqueue(send_batch_job, **options)
+
+
+@dataclass
+class JobCounts:
+    """Jobs of one campaign in the email queue's list and registries."""
+
+    queued: int = 0  # waiting in the queue or scheduled (spaced batches, retries)
+    started: int = 0
+    failed: int = 0
+
+
+def campaign_jobs(campaign_id: object) -> JobCounts:
+    """Count the campaign's jobs by id prefix (ids only: no job is fetched)."""
+    queue = email_queue()
+    prefix = campaign_prefix(campaign_id)
+
+    def count(ids: list[str]) -> int:
+        return sum(1 for job in ids if job.startswith(prefix))
+
+    scheduled = ScheduledJobRegistry(queue=queue)
+    return JobCounts(
+        queued=count(queue.get_job_ids()) + count(scheduled.get_job_ids()),
+        started=count(StartedJobRegistry(queue=queue).get_job_ids()),
+        failed=count(FailedJobRegistry(queue=queue).get_job_ids()),
+    )
+
+
+def failed_campaign_jobs() -> list[str]:
+    """Ids of bulk_email jobs in the email queue's FailedJobRegistry (oldest first)."""
+    registry = FailedJobRegistry(queue=email_queue())
+    return [job for job in registry.get_job_ids() if job.startswith(f"{JOB_PREFIX}-")]
+
+
+def requeue_failed(job_ids: Sequence[str]) -> int:
+    """Put failed campaign jobs back on the queue with a fresh set of retries.
+
+    Fresh retries because a job lands here after using all of them; without
+    a reset, the next transient error would send it straight back.
+    """
+    queue = email_queue()
+    registry = FailedJobRegistry(queue=queue)
+    requeued = 0
+    for identifier in job_ids:
+        job = queue.fetch_job(identifier)
+        if job is None:
+            registry.remove(identifier)
+            continue
+        job.retries_left = retry_policy().max
+        registry.requeue(job)
+        requeued += 1
+        logger.info("batch email requeued failed job=%s", identifier)
+    return requeued

@@ -1,0 +1,225 @@
+"""rq mode against a real redis-server and SMTP server on loopback, jobs run by a burst worker."""
+import json
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.utils import timezone
+from rq import SimpleWorker
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+
+from bulk_email.campaigns import create_campaign
+from bulk_email.dispatch import dispatch
+from bulk_email.models import Delivery
+from bulk_email.sending import claim
+
+pytestmark = pytest.mark.django_db
+
+
+def addresses(n: int) -> list[str]:
+    return [f"student{i:03d}@school.test" for i in range(1, n + 1)]
+
+
+def submit(recipients: list[str], capture) -> object:
+    """Create and dispatch an rq campaign; enqueue happens on commit, as in production."""
+    campaign = create_campaign("Timetable", "Body", recipients)
+    with capture(execute=True):
+        dispatch(campaign)
+    return campaign
+
+
+def work(queue) -> None:
+    """Run every job on the queue (and immediate retries) in this process, then return."""
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+
+
+def run(*args: str) -> list[str]:
+    out = StringIO()
+    call_command(*args, stdout=out)
+    return out.getvalue().splitlines()
+
+
+def jobs(queue) -> list[Job]:
+    return [queue.fetch_job(job_id) for job_id in queue.get_job_ids()]
+
+
+def test_campaign_is_one_job_per_batch_and_everyone_gets_exactly_one_message(
+    rq_mode, smtp, django_capture_on_commit_callbacks
+):
+    recipients = addresses(95)
+
+    campaign = submit(recipients, django_capture_on_commit_callbacks)
+
+    queued = jobs(rq_mode)
+    assert [len(job.args[1]) for job in queued] == [20, 20, 20, 20, 15]  # ceil(95/20) jobs
+    assert all(job.retries_left == 2 for job in queued)  # Retry registered on every job
+    assert smtp.messages == []  # submitting sends nothing
+    work(rq_mode)
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert smtp.ehlo_count == 5  # one SMTP session per job
+    assert campaign.counts() == {"pending": 0, "sent": 95, "failed": 0}
+    assert {job.get_status() for job in queued} == {JobStatus.FINISHED}
+
+
+def test_a_job_executed_twice_sends_nothing_twice(rq_mode, smtp, django_capture_on_commit_callbacks):
+    recipients = addresses(5)
+    submit(recipients, django_capture_on_commit_callbacks)
+    (job,) = jobs(rq_mode)
+    work(rq_mode)
+
+    rq_mode.enqueue_job(Job.fetch(job.id, connection=rq_mode.connection))  # as RQ's cleanup may
+    work(rq_mode)
+
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert Job.fetch(job.id, connection=rq_mode.connection).return_value() == {"sent": 0, "failed": 0}
+
+
+def test_claims_are_exclusive_until_they_expire(rq_mode, settings):
+    campaign = create_campaign("Hi", "Body", addresses(1))
+    delivery = campaign.deliveries.get()
+
+    assert claim(delivery, "rq:first") is True
+    assert claim(delivery, "rq:second") is False
+    Delivery.objects.filter(pk=delivery.pk).update(
+        claimed_at=timezone.now() - timedelta(seconds=settings.BULK_EMAIL_CLAIM_TIMEOUT + 1)
+    )
+    assert claim(Delivery.objects.get(pk=delivery.pk), "rq:second") is True
+    assert Delivery.objects.get(pk=delivery.pk).claimed_by == "rq:second"
+
+
+def test_claim_left_by_a_killed_run_is_reclaimed_after_the_timeout_and_sent_once(
+    rq_mode, smtp, settings, django_capture_on_commit_callbacks
+):
+    recipients = addresses(3)
+    campaign = create_campaign("Hi", "Body", recipients)
+    orphan = campaign.deliveries.get(recipient=recipients[0])
+    # A worker SIGKILLed between claim and mark leaves exactly this behind.
+    Delivery.objects.filter(pk=orphan.pk).update(claimed_by="rq:killed", claimed_at=timezone.now())
+    with django_capture_on_commit_callbacks(execute=True):
+        dispatch(campaign)
+
+    work(rq_mode)  # the claim is fresh: the job leaves it alone and retries until it gives up
+
+    assert smtp.received() == {recipients[1]: 1, recipients[2]: 1}
+    assert len(FailedJobRegistry(queue=rq_mode)) == 1
+    assert run("campaign_status", str(campaign.id), "--json")[-1].count('"sending": 1') == 1
+
+    Delivery.objects.filter(pk=orphan.pk).update(
+        claimed_at=timezone.now() - timedelta(seconds=settings.BULK_EMAIL_CLAIM_TIMEOUT + 1)
+    )
+    run("retry_failed")
+    work(rq_mode)
+
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert campaign.counts() == {"pending": 0, "sent": 3, "failed": 0}
+
+
+def test_transient_errors_make_the_job_retry_and_everything_arrives(
+    rq_mode, smtp, settings, django_capture_on_commit_callbacks
+):
+    settings.BULK_EMAIL_MAX_ATTEMPTS = 1
+    smtp.mail_replies = ["421 4.7.0 Try again later"] * 3  # three deferred in a row: outage
+    recipients = addresses(4)
+
+    campaign = submit(recipients, django_capture_on_commit_callbacks)
+    (job,) = jobs(rq_mode)
+    work(rq_mode)
+
+    job = Job.fetch(job.id, connection=rq_mode.connection)
+    assert job.retries_left == 1  # the first run raised DeliveriesPending, RQ ran it again
+    assert job.get_status() == JobStatus.FINISHED
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert campaign.counts()["sent"] == 4
+
+
+def test_permanent_rejection_is_recorded_and_does_not_fail_the_job(
+    rq_mode, smtp, django_capture_on_commit_callbacks
+):
+    recipients = addresses(3)
+    smtp.rejected = {recipients[1]: "550 5.1.1 No such user"}
+
+    campaign = submit(recipients, django_capture_on_commit_callbacks)
+    (job,) = jobs(rq_mode)
+    work(rq_mode)
+
+    job = Job.fetch(job.id, connection=rq_mode.connection)
+    assert job.get_status() == JobStatus.FINISHED and job.retries_left == 2  # never retried
+    assert smtp.rcpt_count[recipients[1]] == 1
+    assert campaign.deliveries.get(recipient=recipients[1]).status == "failed"
+    assert campaign.counts() == {"pending": 0, "sent": 2, "failed": 1}
+
+
+def test_exhausted_job_keeps_its_deliveries_pending_and_retry_failed_delivers_them(
+    rq_mode, smtp, settings, django_capture_on_commit_callbacks
+):
+    settings.BULK_EMAIL_MAX_ATTEMPTS = 1
+    smtp.mail_replies = ["421 4.3.2 Service shutting down"] * 9  # 3 runs x 3 recipients
+    recipients = addresses(5)
+    campaign = submit(recipients, django_capture_on_commit_callbacks)
+    work(rq_mode)
+    failed = FailedJobRegistry(queue=rq_mode)
+    assert len(failed) == 1
+    assert campaign.counts() == {"pending": 5, "sent": 0, "failed": 0}  # never lost
+
+    dry = run("retry_failed", "--dry-run", "--json")
+
+    assert dry[0] == "would retry 1 failed jobs"
+    assert json.loads(dry[-1]) == {"mode": "rq", "dry_run": True, "jobs": 1, "retried": 0}
+    assert len(failed) == 1 and rq_mode.count == 0
+
+    assert json.loads(run("retry_failed", "--json")[-1])["retried"] == 1
+    work(rq_mode)
+
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert len(failed) == 0
+    assert run("retry_failed") == ["nothing to retry"]
+
+
+def test_send_campaign_returns_at_once_and_status_counts_jobs(
+    rq_mode, smtp, django_capture_on_commit_callbacks
+):
+    to = [arg for address in addresses(45) for arg in ("--to", address)]
+    with django_capture_on_commit_callbacks(execute=True):
+        lines = run("send_campaign", "--subject", "Hi", "--body", "x", *to, "--json")
+
+    summary = json.loads(lines[-1])
+    assert summary == {"id": summary["id"], "mode": "rq", "recipients": 45, "sent": 0, "failed": 0, "pending": 45}
+    status = json.loads(run("campaign_status", summary["id"], "--json")[-1])
+    assert (status["queued"], status["started"], status["failed_jobs"], status["pending"]) == (3, 0, 0, 45)
+
+    work(rq_mode)
+
+    assert run("campaign_status", summary["id"]) == [
+        f"campaign {summary['id']} mode=rq recipients=45 sent=45 failed=0 pending=0 sending=0 "
+        "queued=0 started=0 failed_jobs=0"
+    ]
+
+
+def test_batch_delay_spaces_the_jobs(rq_mode, settings, django_capture_on_commit_callbacks):
+    settings.BULK_EMAIL_BATCH_SIZE = 2
+    settings.BULK_EMAIL_BATCH_DELAY = 30
+    before = timezone.now()
+
+    submit(addresses(5), django_capture_on_commit_callbacks)
+
+    assert rq_mode.count == 1  # the first batch at once
+    scheduled = ScheduledJobRegistry(queue=rq_mode)
+    delays = sorted(
+        (scheduled.get_scheduled_time(job_id) - before).total_seconds() for job_id in scheduled.get_job_ids()
+    )
+    assert len(delays) == 2
+    assert 29 <= delays[0] <= 32 and 59 <= delays[1] <= 62
+
+
+def test_django_rq_dashboard_is_staff_only(client, django_user_model, redis_server):
+    anonymous = client.get("/django-rq/")
+    assert anonymous.status_code == 302
+    assert "/login/" in anonymous["Location"]
+
+    staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
+    client.force_login(staff)
+    response = client.get("/django-rq/")
+    assert response.status_code == 200
+    assert b"email" in response.content
