@@ -178,3 +178,27 @@ def requeue_failed(job_ids: Sequence[str]) -> int:
         requeued += 1
         logger.info("batch email requeued failed job=%s", identifier)
     return requeued
+
+
+def recover_abandoned(timestamp: float | None = None) -> int:
+    """Give the jobs of killed workers back to RQ; return how many were found.
+
+    A worker killed with SIGKILL (or by the OOM killer) leaves its job in the
+    StartedJobRegistry. RQ notices only when the job's heartbeat entry has
+    expired (about 90 s after the last beat) *and* a worker runs its
+    registry maintenance, which rqworker does every 10 minutes and
+    django-rq's command cannot make more often. Run from a timer every
+    minute, this bounds the wait: the registry cleanup retries an abandoned
+    job that has retries left (its deliveries still pending in the ledger)
+    and moves the others to the FailedJobRegistry, where retry_failed finds
+    them. Nothing here sends mail, so running it any number of times is safe.
+    """
+    found = 0
+    for name in settings.RQ_QUEUES:
+        registry = StartedJobRegistry(queue=django_rq.get_queue(name))
+        expired = registry.get_expired_job_ids(timestamp)
+        if expired:
+            registry.cleanup(timestamp)
+            found += len(expired)
+            logger.warning("batch email recovered abandoned jobs queue=%s jobs=%s", name, ",".join(expired))
+    return found

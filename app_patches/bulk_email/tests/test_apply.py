@@ -179,3 +179,29 @@ def test_unknown_mode_is_rejected(project):
     result = apply(project, "--mode", "kafka")
     assert result.returncode != 0
     assert "invalid choice" in result.stderr
+
+
+def test_rq_mode_mounts_the_dashboard_and_switching_back_equals_a_fresh_batch_apply(project, tmp_path):
+    fresh = tmp_path / "fresh"
+    shutil.copytree(project, fresh)
+    summary(apply(fresh, "--mode", "batch", "--json"))
+    urls = project / "edupulse/urls.py"
+
+    assert summary(apply(project, "--mode", "rq", "--json"))["changed"] is True
+    assert 'include("django_rq.urls")' in urls.read_text()
+    assert '"django-rq/"' in urls.read_text()
+
+    result = summary(apply(project, "--mode", "batch", "--json"))
+
+    assert result == {"changed": True, "files": ["edupulse/urls.py"]}
+    assert "django_rq" not in urls.read_text()
+    assert snapshot(project) == snapshot(fresh)
+
+
+def test_remove_after_rq_restores_the_original_bytes(project):
+    original = snapshot(project)
+    summary(apply(project, "--mode", "rq", "--json"))
+
+    summary(apply(project, "--remove", "--json"))
+
+    assert snapshot(project) == original

@@ -5,7 +5,6 @@ import subprocess
 import sys
 import uuid
 from io import StringIO
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command

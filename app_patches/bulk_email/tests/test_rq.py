@@ -8,7 +8,7 @@ from django.core.management import call_command
 from django.utils import timezone
 from rq import SimpleWorker
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
 from bulk_email.campaigns import create_campaign
 from bulk_email.dispatch import dispatch
@@ -223,3 +223,30 @@ def test_django_rq_dashboard_is_staff_only(client, django_user_model, redis_serv
     response = client.get("/django-rq/")
     assert response.status_code == 200
     assert b"email" in response.content
+
+
+def test_job_of_a_killed_worker_is_recovered_and_delivered_once(
+    rq_mode, smtp, django_capture_on_commit_callbacks
+):
+    """SIGKILL leaves the job in StartedJobRegistry; rq_maintenance hands it back to RQ."""
+    recipients = addresses(5)
+    campaign = submit(recipients, django_capture_on_commit_callbacks)
+    (job,) = jobs(rq_mode)
+    # What a worker killed mid-job leaves behind: the job off the queue, marked started, in the
+    # started registry with an execution entry whose heartbeat expired long ago.
+    rq_mode.remove(job)
+    job.set_status(JobStatus.STARTED)
+    registry = StartedJobRegistry(queue=rq_mode)
+    rq_mode.connection.zadd(registry.key, {f"{job.id}:killed-execution": 1})
+
+    assert run("rq_maintenance") == ["recovered 1 abandoned jobs"]
+    # Back on the queue before any worker ran (a worker's own maintenance would also do it,
+    # but only every 10 minutes).
+    # (get_job_ids() would run the registry cleanup itself: look without it.)
+    assert job.id not in registry.get_job_ids(cleanup=False)
+    assert rq_mode.get_job_ids() == [job.id]
+    work(rq_mode)
+
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert campaign.counts() == {"pending": 0, "sent": 5, "failed": 0}
+    assert run("rq_maintenance") == ["recovered 0 abandoned jobs"]
