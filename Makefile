@@ -9,9 +9,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Scenarios `make molecule` runs, in order.
-SCENARIOS ?= batch
+SCENARIOS ?= batch rq
 # Queue mode of the demo.
-QUEUE_MODE ?= batch
+QUEUE_MODE ?= rq
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 export PYTHONDONTWRITEBYTECODE := 1
@@ -33,7 +33,7 @@ setup: $(VENV)/.installed ## Controller packages (rsync, redis-server) and .venv
 images: ## Start a Docker engine if none answers; build the local systemd images
 	tests/harness/prepare-docker.sh
 
-demo: setup images ## Deploy to the demo container (QUEUE_MODE=batch) and send a campaign
+demo: setup images ## Deploy to the demo container (QUEUE_MODE=rq|batch) and send a campaign
 	$(BIN)/ansible-playbook playbooks/demo.yml -e queue_mode=$(QUEUE_MODE)
 
 demo-destroy: ## Remove the demo container

@@ -83,9 +83,9 @@ def wait_until_settled(host, campaign_id: str, timeout: float = 300) -> dict[str
     return campaign_status(host, campaign_id)
 
 
-def assert_delivered_exactly_once(host, campaign_id: str, count: int) -> None:
+def assert_delivered_exactly_once(host, campaign_id: str, count: int, timeout: float = 300) -> None:
     """The ledger says all sent, and the SMTP server got each recipient exactly once."""
-    status = wait_until_settled(host, campaign_id)
+    status = wait_until_settled(host, campaign_id, timeout)
     received = sink_counts(host, campaign_id)
     assert (status["sent"], status["failed"], status["pending"]) == (count, 0, 0), status
     assert received["duplicates"] == [], received["duplicates"][:10]
