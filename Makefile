@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 # Scenarios `make molecule` runs, in order.
-SCENARIOS ?= batch rq
+SCENARIOS ?= batch
 # Queue mode of the demo.
 QUEUE_MODE ?= rq
 export PATH := $(abspath $(BIN)):$(PATH)

@@ -39,6 +39,8 @@ from django.conf import settings
 from rq import Queue, Retry, get_current_job
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.scheduler import RQScheduler
+from rq.utils import current_timestamp
 
 from .models import Campaign, Delivery
 from .sending import CampaignRun, chunks, send_batch
@@ -202,3 +204,31 @@ def recover_abandoned(timestamp: float | None = None) -> int:
             found += len(expired)
             logger.warning("batch email recovered abandoned jobs queue=%s jobs=%s", name, ",".join(expired))
     return found
+
+
+def enqueue_due_scheduled() -> int:
+    """Move due scheduled jobs (spaced batches, retries) to their queues; return how many.
+
+    RQ's scheduler runs inside one worker (``--with-scheduler``) and holds a
+    lock per queue, refreshed every second and expiring 61 s after its
+    holder died. A worker restarted after a SIGKILL finds the lock still
+    held and tries again only at its next maintenance, up to 10 minutes
+    later; meanwhile every spaced batch and every retry waits. This takes
+    the same lock, so it does nothing while a live scheduler holds it.
+    """
+    scheduler = RQScheduler(list(settings.RQ_QUEUES), connection=email_queue().connection)
+    acquired = scheduler.acquire_locks()
+    if not acquired:
+        return 0
+    try:
+        now = current_timestamp()
+        due = sum(
+            len(ScheduledJobRegistry(queue=django_rq.get_queue(name)).get_jobs_to_schedule(now))
+            for name in acquired
+        )
+        scheduler.enqueue_scheduled_jobs()
+    finally:
+        scheduler.release_locks()
+    if due:
+        logger.warning("batch email enqueued due scheduled jobs=%d (no live scheduler)", due)
+    return due

@@ -239,7 +239,7 @@ def test_job_of_a_killed_worker_is_recovered_and_delivered_once(
     registry = StartedJobRegistry(queue=rq_mode)
     rq_mode.connection.zadd(registry.key, {f"{job.id}:killed-execution": 1})
 
-    assert run("rq_maintenance") == ["recovered 1 abandoned jobs"]
+    assert run("rq_maintenance") == ["recovered 1 abandoned jobs", "enqueued 0 due scheduled jobs"]
     # Back on the queue before any worker ran (a worker's own maintenance would also do it,
     # but only every 10 minutes).
     # (get_job_ids() would run the registry cleanup itself: look without it.)
@@ -249,4 +249,27 @@ def test_job_of_a_killed_worker_is_recovered_and_delivered_once(
 
     assert smtp.received() == {address: 1 for address in recipients}
     assert campaign.counts() == {"pending": 0, "sent": 5, "failed": 0}
-    assert run("rq_maintenance") == ["recovered 0 abandoned jobs"]
+    assert run("rq_maintenance") == ["recovered 0 abandoned jobs", "enqueued 0 due scheduled jobs"]
+
+
+def test_due_scheduled_jobs_are_enqueued_while_no_scheduler_holds_the_lock(
+    rq_mode, settings, smtp, django_capture_on_commit_callbacks
+):
+    """After the scheduling worker is killed, spaced batches must not wait for its successor."""
+    settings.BULK_EMAIL_BATCH_DELAY = 60
+    recipients = addresses(45)
+    campaign = submit(recipients, django_capture_on_commit_callbacks)
+    scheduled = ScheduledJobRegistry(queue=rq_mode)
+    assert len(scheduled) == 2  # batches 2 and 3, one and two minutes from now
+    # Make them due, as if the minutes had passed with no scheduler alive.
+    for job_id in scheduled.get_job_ids():
+        rq_mode.connection.zadd(scheduled.key, {job_id: 1})
+    lock = rq_mode.connection.set("rq:scheduler-lock:email", "live-scheduler", ex=60)
+
+    assert lock and run("rq_maintenance")[-1] == "enqueued 0 due scheduled jobs"  # a live one has it
+    rq_mode.connection.delete("rq:scheduler-lock:email")
+    assert run("rq_maintenance")[-1] == "enqueued 2 due scheduled jobs"
+    work(rq_mode)
+
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert campaign.counts() == {"pending": 0, "sent": 45, "failed": 0}

@@ -1,8 +1,10 @@
-"""``manage.py rq_maintenance [--json]``: recover the jobs of killed RQ workers.
+"""``manage.py rq_maintenance [--json]``: what RQ does too rarely after a worker is killed.
 
-roles/rqworker runs it every minute from a systemd timer (rq mode only); see
-``rq_jobs.recover_abandoned`` for why RQ's own maintenance is not enough.
-Prints ``recovered <n> abandoned jobs``; --json adds {"recovered": n}.
+roles/rqworker runs it every minute from a systemd timer (rq mode only). It
+hands the jobs of killed workers back to RQ (``rq_jobs.recover_abandoned``)
+and enqueues due scheduled jobs while no live scheduler holds the lock
+(``rq_jobs.enqueue_due_scheduled``). Prints ``recovered <n> abandoned jobs``
+and ``enqueued <m> due scheduled jobs``; --json adds {"recovered": n, "enqueued": m}.
 """
 import json
 from argparse import ArgumentParser
@@ -20,9 +22,11 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         if settings.BULK_EMAIL_QUEUE_MODE != "rq":
             raise CommandError("rq_maintenance is for rq mode (BULK_EMAIL_QUEUE_MODE=rq)")
-        from bulk_email.rq_jobs import recover_abandoned
+        from bulk_email.rq_jobs import enqueue_due_scheduled, recover_abandoned
 
         recovered = recover_abandoned()
+        enqueued = enqueue_due_scheduled()
         self.stdout.write(f"recovered {recovered} abandoned jobs")
+        self.stdout.write(f"enqueued {enqueued} due scheduled jobs")
         if options["json"]:
-            self.stdout.write(json.dumps({"recovered": recovered}))
+            self.stdout.write(json.dumps({"recovered": recovered, "enqueued": enqueued}))
