@@ -107,9 +107,15 @@ def test_redis_listens_on_loopback_only(host):
 
 
 def test_app_and_worker_users_cannot_run_dangerous_commands(host):
+    # The campaigns above ran without a single denial; the probes below are denials on purpose,
+    # so the log is checked before them and reset after them (test_acl_log_stayed_empty).
+    assert host.check_output("redis-admin-cli ACL LOG").strip() == ""
     for user in ("edupulse-app", "rq-worker"):
         assert "NOPERM" in redis_cli(host, "CONFIG", "GET", "maxmemory", user=user), user
         assert "NOPERM" in redis_cli(host, "FLUSHALL", user=user), user
+    logged = host.check_output("redis-admin-cli ACL LOG").split()
+    assert "flushall" in logged, logged
+    host.run_test("redis-admin-cli ACL LOG RESET")
 
 
 def test_redis_never_evicts_queued_jobs(host):
