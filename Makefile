@@ -10,8 +10,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Scenarios `make molecule` runs, in order.
 SCENARIOS ?= batch
-# Queue mode of the demo.
+# Queue mode of the demo, and the broker in celery mode (redis or rabbitmq).
 QUEUE_MODE ?= rq
+CELERY_BROKER ?= redis
 export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 export PYTHONDONTWRITEBYTECODE := 1
@@ -33,8 +34,8 @@ setup: $(VENV)/.installed ## Controller packages (rsync, redis-server) and .venv
 images: ## Start a Docker engine if none answers; build the local systemd images
 	tests/harness/prepare-docker.sh
 
-demo: setup images ## Deploy to the demo container (QUEUE_MODE=rq|batch) and send a campaign
-	$(BIN)/ansible-playbook playbooks/demo.yml -e queue_mode=$(QUEUE_MODE)
+demo: setup images ## Deploy to the demo container (QUEUE_MODE=rq|batch|celery) and send a campaign
+	$(BIN)/ansible-playbook playbooks/demo.yml -e queue_mode=$(QUEUE_MODE) -e celery_broker=$(CELERY_BROKER)
 
 demo-destroy: ## Remove the demo container
 	docker rm -f edupulse-demo
@@ -46,6 +47,8 @@ lint: setup ## yamllint, ansible-lint (production profile), role README tables
 
 unit: setup ## Unit tests of app_patches/, the example app and the SMTP sink
 	$(BIN)/pytest
+	# The celery tests, against the example app patched and configured for celery mode.
+	EDUPULSE_TEST_QUEUE_MODE=celery $(BIN)/pytest
 
 molecule: setup images ## Every Molecule scenario in SCENARIOS
 	for scenario in $(SCENARIOS); do $(BIN)/molecule test -s $$scenario; done

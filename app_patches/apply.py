@@ -15,14 +15,18 @@ What it does:
   __pycache__ and *.pyc) into DIR/bulk_email/, writing only files that
   differ and deleting files the package no longer has;
 * appends a marked block to DIR/<package>/settings.py and one to
-  DIR/<package>/urls.py (replaced in place when its text changes).
+  DIR/<package>/urls.py (replaced in place when its text changes);
+* celery mode: writes DIR/<package>/celery.py (the guide's Celery app,
+  marked as managed) and appends the guide's import block to
+  DIR/<package>/__init__.py. Another --mode removes both again, so a
+  project never imports a queue library it does not run.
 
 --remove deletes the package and the blocks, giving back the original files
 byte for byte. --check reports what would change and writes nothing. --json
 prints {"changed": bool, "files": [...]} as the last line of stdout.
 
-Per-mode edits live in ``edits_for``: a mode that needs more (celery:
-<package>/celery.py and a block in <package>/__init__.py) adds entries there.
+Per-mode edits live in ``edits_for`` (blocks) and ``files_for`` (whole
+files this script owns).
 """
 from __future__ import annotations
 
@@ -96,14 +100,60 @@ def urls_block(package: str, mode: str) -> Block:
     )
 
 
+def celery_init_block(package: str) -> Block:
+    """The guide's import in <package>/__init__.py: the Celery app loads with Django, so
+    shared_task binds to it in the web process too (which enqueues the tasks)."""
+    return Block(
+        f"{package}/__init__.py",
+        "from .celery import app as celery_app  # noqa: E402\n"
+        "\n"
+        '__all__ = ("celery_app",)\n',
+    )
+
+
 def edits_for(package: str, mode: str) -> list[Block]:
-    """The blocks a mode needs (rq: the urls block differs); celery will extend this list."""
-    return [settings_block(package, mode), urls_block(package, mode)]
+    """The blocks a mode needs (rq: the urls block differs; celery: one more in __init__.py)."""
+    blocks = [settings_block(package, mode), urls_block(package, mode)]
+    if mode == "celery":
+        blocks.append(celery_init_block(package))
+    return blocks
 
 
 def all_block_paths(package: str) -> list[str]:
-    """Every file any mode edits, so --remove cleans up whatever mode was applied."""
+    """Every file any mode edits, so --remove and a mode switch clean up what was applied."""
     return sorted({block.path for mode in MODES for block in edits_for(package, mode)})
+
+
+CELERY_APP = '''{marker}
+"""The project's Celery app, as in the guide (celery mode of bulk_email).
+
+Configured from Django's settings, names starting with CELERY_ (set by
+bulk_email.settings from the environment); tasks are found in every
+installed app's tasks.py.
+"""
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "{package}.settings")
+
+app = Celery("{package}")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+'''
+MANAGED_FILE_MARKER = "# Managed by app_patches/apply.py (celery mode): do not edit; removed by --remove."
+
+
+def files_for(package: str, mode: str) -> dict[str, str]:
+    """Whole files a mode needs, relative path -> text; each starts with MANAGED_FILE_MARKER."""
+    if mode == "celery":
+        return {f"{package}/celery.py": CELERY_APP.format(marker=MANAGED_FILE_MARKER, package=package)}
+    return {}
+
+
+def all_file_paths(package: str) -> list[str]:
+    """Every whole file any mode writes."""
+    return sorted({path for mode in MODES for path in files_for(package, mode)})
 
 
 def find_block(content: str, path: str) -> tuple[int, int] | None:
@@ -211,29 +261,65 @@ class Patcher:
 
     def set_text(self, relative: str, new: str) -> None:
         path = self.project / relative
-        if path.read_bytes() != new.encode():
+        if not path.is_file() or path.read_bytes() != new.encode():
             self.changed.append(relative)
             if not self.check:
                 write_atomically(path, new.encode())
 
     def apply(self) -> None:
         blocks = edits_for(self.package, self.mode)
+        files = files_for(self.package, self.mode)
         paths = {block.path: self.project_file(block.path) for block in blocks}
+        for relative in files:
+            self.check_managed_file(relative)
         self.sync_app()
+        for relative, text in files.items():
+            self.set_text(relative, text)
         for block in blocks:
             self.set_text(block.path, with_block(read_text(paths[block.path]), block))
+        wanted = {block.path for block in blocks}
+        self.remove_blocks([path for path in all_block_paths(self.package) if path not in wanted])
+        self.remove_files([path for path in all_file_paths(self.package) if path not in files])
 
     def remove(self) -> None:
         target = self.project / APP_NAME
         check_ownership(target)
-        for relative in all_block_paths(self.package):
-            path = self.project / relative
-            if path.is_file():
-                self.set_text(relative, without_block(read_text(path), relative))
+        self.remove_blocks(all_block_paths(self.package))
+        self.remove_files(all_file_paths(self.package))
         if target.exists():
             self.changed.extend(f"{APP_NAME}/{name}" for name in installed_files(target))
             if not self.check:
                 shutil.rmtree(target)
+
+    def remove_blocks(self, relatives: list[str]) -> None:
+        """Cut the managed block out of each file that has one."""
+        for relative in relatives:
+            path = self.project / relative
+            if path.is_file():
+                self.set_text(relative, without_block(read_text(path), relative))
+
+    def is_managed_file(self, relative: str) -> bool:
+        """True when the file exists and was written by this script (starts with the marker)."""
+        path = self.project / relative
+        return path.is_file() and read_text(path).startswith(MANAGED_FILE_MARKER + "\n")
+
+    def check_managed_file(self, relative: str) -> None:
+        """Refuse to overwrite a file (e.g. the project's own celery.py) we did not write."""
+        path = self.project / relative
+        if path.exists() and not self.is_managed_file(relative):
+            raise ApplyError(
+                f"{path} exists and was not written by apply.py; refusing to touch it "
+                "(move its settings into the project's settings and delete it, or rename it)"
+            )
+
+    def remove_files(self, relatives: list[str]) -> None:
+        """Delete the managed files present (another mode, or --remove); a project's own
+        file of the same name is left alone."""
+        for relative in relatives:
+            if self.is_managed_file(relative):
+                self.changed.append(relative)
+                if not self.check:
+                    (self.project / relative).unlink()
 
     def sync_app(self) -> None:
         target = self.project / APP_NAME

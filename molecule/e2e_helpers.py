@@ -11,9 +11,21 @@ import json
 import shlex
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 MANAGE = "/usr/local/bin/edupulse-manage"
+FAULT_FILE = "/run/smtp-sink/fault"
+
+
+def redis_cli(host, *args: str, user: str = "") -> str:
+    """redis-cli as an ACL user whose password is read from the deployed env files."""
+    auth = ""
+    if user:
+        auth = f"REDISCLI_AUTH=\"$(sed -n 's|.*{user}:\\([^@]*\\)@.*|\\1|p' /etc/edupulse/*.env | head -1)\" "
+    cmd = host.run(f"{auth}redis-cli --no-auth-warning {'--user ' + user if user else ''} {' '.join(args)}")
+    return (cmd.stdout + cmd.stderr).strip()
 
 
 def last_json_line(text: str) -> dict[str, Any]:
@@ -72,6 +84,26 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 1.
     return predicate()
 
 
+@contextmanager
+def smtp_stalled(host, seconds: int = 3) -> Iterator[None]:
+    """While inside, the sink waits `seconds` before answering each RCPT TO.
+
+    For killing workers mid-send: after a moment every sender is waiting on
+    the server, so a kill interrupts a transaction the server cannot have
+    accepted. A kill that lands between the server's 250 and the ledger's
+    commit would make the message go out twice (the one window no SMTP
+    sender can close; README, "Nothing lost"); at random times that window
+    is hit often with a local sink, so a test that killed at random would
+    test luck rather than recovery.
+    """
+    host.run_test(f"echo 'stall {seconds}' > {FAULT_FILE}")
+    try:
+        time.sleep(seconds / 2)
+        yield
+    finally:
+        host.run_test(f"rm -f {FAULT_FILE}")
+
+
 def start_campaign(host, count: int, subject: str = "Exam timetable") -> str:
     """Submit a campaign (queued modes return at once) and return its id."""
     return send_campaign(host, count, subject)["id"]
@@ -91,3 +123,44 @@ def assert_delivered_exactly_once(host, campaign_id: str, count: int, timeout: f
     assert received["duplicates"] == [], received["duplicates"][:10]
     assert received["unique_recipients"] == count
     assert received["messages"] == count
+
+
+# Runs inside the container: one request, no redirects followed, the answer as JSON.
+FETCH = r"""
+import base64, json, ssl, sys, urllib.error, urllib.request
+url, auth, tls = sys.argv[1], sys.argv[2], sys.argv[3]
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+context = ssl.create_default_context()
+context.check_hostname = False
+context.verify_mode = ssl.CERT_NONE
+if tls != "any":
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    context.minimum_version = context.maximum_version = getattr(ssl.TLSVersion, tls)
+opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
+request = urllib.request.Request(url)
+if auth:
+    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+try:
+    response = opener.open(request, timeout=30)
+except urllib.error.HTTPError as error:
+    response = error
+except (urllib.error.URLError, ssl.SSLError, ConnectionError) as error:
+    print(json.dumps({"error": str(error)}))
+    sys.exit(0)
+headers = {}
+for name, value in response.headers.items():
+    headers.setdefault(name.lower(), []).append(value)
+body = response.read(4096).decode("utf-8", "replace")
+print(json.dumps({"status": response.status, "headers": headers, "body": body}))
+"""
+
+
+def fetch(host, path: str, scheme: str = "https", auth: str = "", tls: str = "any") -> dict:
+    """GET scheme://127.0.0.1<path> inside the container."""
+    url = f"{scheme}://127.0.0.1{path}"
+    out = host.check_output(
+        f"python3 -c {shlex.quote(FETCH)} {shlex.quote(url)} {shlex.quote(auth)} {shlex.quote(tls)}"
+    )
+    return json.loads(out)

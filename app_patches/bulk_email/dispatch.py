@@ -3,9 +3,10 @@
 batch: send now, in this process (the caller waits).
 rq: enqueue one job per batch on the email queue and return at once
 (rq_jobs; imported only here, so batch deployments need no rq).
-celery: will enqueue one task per batch; until it is implemented,
-dispatching a campaign created in it fails loudly instead of silently
-sending inline.
+celery: enqueue one task per batch on the email queue and return at once
+(tasks; imported only here and by Celery's autodiscovery).
+A campaign whose mode this deployment does not run fails loudly instead of
+silently sending inline.
 """
 import time
 from collections.abc import Callable
@@ -27,9 +28,17 @@ def _enqueue_rq(campaign: Campaign, sleep: Sleep) -> CampaignRun:
     return enqueue_campaign(campaign)
 
 
+def _enqueue_celery(campaign: Campaign, sleep: Sleep) -> CampaignRun:
+    """Enqueue the campaign's batches as Celery tasks; ``sleep`` is unused (countdowns space them)."""
+    from .tasks import enqueue_campaign
+
+    return enqueue_campaign(campaign)
+
+
 DISPATCHERS: dict[str, Callable[[Campaign, Sleep], CampaignRun]] = {
     "batch": _send_now,
     "rq": _enqueue_rq,
+    "celery": _enqueue_celery,
 }
 
 
@@ -39,7 +48,7 @@ def dispatch(campaign: Campaign, *, sleep: Sleep = time.sleep) -> CampaignRun:
         dispatcher = DISPATCHERS[campaign.mode]
     except KeyError:
         raise ImproperlyConfigured(
-            f"queue mode {campaign.mode!r} is not implemented in this version of bulk_email; "
-            "set BULK_EMAIL_QUEUE_MODE=batch"
+            f"queue mode {campaign.mode!r} is not implemented in this version of bulk_email "
+            f"(known: {', '.join(DISPATCHERS)})"
         ) from None
     return dispatcher(campaign, sleep)

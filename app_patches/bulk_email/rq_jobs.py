@@ -28,7 +28,6 @@ still pending, so running a job twice (RQ issues #2015, #2424) is harmless.
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,17 +41,20 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 from rq.scheduler import RQScheduler
 from rq.utils import current_timestamp
 
-from .models import Campaign, Delivery
-from .sending import CampaignRun, chunks, send_batch
+from .models import Campaign
+from .sending import (
+    JOB_PREFIX,
+    CampaignRun,
+    campaign_prefix,
+    job_id,
+    pending_batches,
+    raise_if_pending,
+    send_batch,
+)
 
 logger = logging.getLogger("bulk_email")
 
 QUEUE = "email"
-JOB_PREFIX = "bulk_email"
-
-
-class DeliveriesPending(Exception):
-    """Raised by a job that left deliveries pending, so that RQ retries it later."""
 
 
 def email_queue() -> Queue:
@@ -66,33 +68,13 @@ def retry_policy() -> Retry:
     return Retry(max=max(len(intervals), 1), interval=intervals or 0)
 
 
-def job_id(campaign: Campaign, number: int) -> str:
-    """A job id naming its campaign, so queue registries can be counted per campaign.
-
-    The random tail keeps ids unique when a campaign is resumed while older
-    jobs of it still exist (RQ would otherwise overwrite and run one twice).
-    """
-    return f"{campaign_prefix(campaign.id)}{number}-{secrets.token_hex(4)}"
-
-
-def campaign_prefix(campaign_id: object) -> str:
-    return f"{JOB_PREFIX}-{campaign_id}-"
-
-
 def send_batch_job(campaign_id: str, delivery_ids: list[int], number: int, total: int) -> dict:
     """The rq job: send one batch; raise DeliveriesPending if any of it is left pending."""
     campaign = Campaign.objects.get(pk=campaign_id)
     job = get_current_job()
     runner = f"rq:{job.id}" if job else None
     result = send_batch(campaign, delivery_ids, number, total, sleep=time.sleep, runner=runner)
-    if result.pending or result.stopped:
-        reason = result.stopped or (
-            f"{result.deferred} deferred after transient errors, "
-            f"{result.busy} claimed by another runner"
-        )
-        raise DeliveriesPending(
-            f"campaign {campaign_id} batch {number}/{total}: {result.pending} pending ({reason})"
-        )
+    raise_if_pending(result, campaign_id, number, total)
     return {"sent": result.sent, "failed": result.failed}
 
 
@@ -102,8 +84,7 @@ def enqueue_campaign(campaign: Campaign) -> CampaignRun:
     The run's counts are the ledger at submit time (everything pending),
     taken before the first job can start.
     """
-    pending = campaign.deliveries.filter(status=Delivery.Status.PENDING).order_by("pk")
-    batches = chunks(list(pending.values_list("pk", flat=True)), settings.BULK_EMAIL_BATCH_SIZE)
+    batches = pending_batches(campaign)
     run = CampaignRun(campaign_id=str(campaign.id), batches=len(batches), counts=campaign.counts())
     queue = email_queue()
     for index, batch in enumerate(batches):

@@ -45,6 +45,7 @@ receiving systems can drop the copy.
 """
 import logging
 import os
+import secrets
 import smtplib
 import socket
 import time
@@ -345,6 +346,46 @@ def chunks(ids: Sequence[int], size: int) -> list[list[int]]:
     return [list(ids[start : start + size]) for start in range(0, len(ids), size)]
 
 
+def pending_batches(campaign: Campaign) -> list[list[int]]:
+    """The campaign's pending delivery ids in BULK_EMAIL_BATCH_SIZE batches, oldest first."""
+    pending = campaign.deliveries.filter(status=Delivery.Status.PENDING).order_by("pk")
+    return chunks(list(pending.values_list("pk", flat=True)), settings.BULK_EMAIL_BATCH_SIZE)
+
+
+class DeliveriesPending(Exception):
+    """Raised by a queued batch (rq job, celery task) that left deliveries pending, so the
+    queue runs it again later; permanent failures are in the ledger and do not raise."""
+
+
+def raise_if_pending(result: SendResult, campaign_id: object, number: int, total: int) -> None:
+    """Turn a batch that left deliveries pending into DeliveriesPending (for the queue's retry)."""
+    if result.pending or result.stopped:
+        reason = result.stopped or (
+            f"{result.deferred} deferred after transient errors, "
+            f"{result.busy} claimed by another runner"
+        )
+        raise DeliveriesPending(
+            f"campaign {campaign_id} batch {number}/{total}: {result.pending} pending ({reason})"
+        )
+
+
+JOB_PREFIX = "bulk_email"
+
+
+def campaign_prefix(campaign_id: object) -> str:
+    """The start of every queue job/task id of one campaign."""
+    return f"{JOB_PREFIX}-{campaign_id}-"
+
+
+def job_id(campaign: Campaign, number: int) -> str:
+    """A job (rq) or task (celery) id naming its campaign, so they can be counted per campaign.
+
+    The random tail keeps ids unique when a campaign is resumed while older
+    jobs of it still exist (RQ would otherwise overwrite and run one twice).
+    """
+    return f"{campaign_prefix(campaign.id)}{number}-{secrets.token_hex(4)}"
+
+
 def send_batch(
     campaign: Campaign,
     delivery_ids: Sequence[int],
@@ -370,8 +411,7 @@ def send_campaign(campaign: Campaign, *, sleep: Sleep = time.sleep) -> CampaignR
     BULK_EMAIL_BATCH_DELAY seconds apart, to stay under providers' rate
     limits. ``sleep`` is injectable so tests do not wait.
     """
-    pending = campaign.deliveries.filter(status=Delivery.Status.PENDING).order_by("pk")
-    batches = chunks(list(pending.values_list("pk", flat=True)), settings.BULK_EMAIL_BATCH_SIZE)
+    batches = pending_batches(campaign)
     run = CampaignRun(campaign_id=str(campaign.id))
     for number, batch in enumerate(batches, start=1):
         if number > 1 and settings.BULK_EMAIL_BATCH_DELAY:

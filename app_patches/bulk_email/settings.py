@@ -12,7 +12,10 @@ send, with half the recipients already mailed.
 In rq mode it also defines RQ_QUEUES (django-rq's setting), both queues
 from the one BULK_EMAIL_REDIS_URL: the web app and the workers run with
 different Redis ACL users simply by having a different URL in their
-environment files.
+environment files. In celery mode it defines the CELERY_* settings that
+<package>/celery.py reads (``namespace="CELERY"``), the broker URL from
+BULK_EMAIL_CELERY_BROKER_URL in the same way (see ``celery_settings`` for
+why each reliability setting has its value).
 """
 import os
 from collections.abc import Mapping
@@ -23,9 +26,21 @@ from django.core.exceptions import ImproperlyConfigured
 
 QUEUE_MODES = ("batch", "rq", "celery")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
 # The guide's queues and their job timeouts in seconds. The email queue's 600 s is also
 # the rqworker role's stop timeout (systemd waits for a running job that long).
 RQ_QUEUE_TIMEOUTS = {"default": 360, "email": 600}
+# The guide's Celery timezone (the school's); beat's crontab entries are read in it.
+GUIDE_TIMEZONE = "Australia/Perth"
+# The guide's routes and rate limit, for the project's own tasks written after the guide, plus
+# this app's tasks. Celery's rate_limit is per worker process, not global: the global cap
+# (Gmail's daily limit) is the quota hook's job (bulk_email.quota), never rate_limit's.
+EMAIL_TASK_ROUTES = {
+    "core.tasks.send_bulk_emails": {"queue": "email"},
+    "core.tasks.send_single_email": {"queue": "email"},
+    "bulk_email.tasks.send_batch": {"queue": "email"},
+}
+EMAIL_TASK_ANNOTATIONS = {"core.tasks.send_bulk_emails": {"rate_limit": "10/m"}}
 
 __all__ = [
     "EMAIL_TIMEOUT",
@@ -77,24 +92,107 @@ def _intervals(env: Mapping[str, str], name: str, default: list[int]) -> list[in
     return values
 
 
-def redis_url(env: Mapping[str, str]) -> str:
-    """Return BULK_EMAIL_REDIS_URL, required in rq mode.
+def service_url(env: Mapping[str, str], name: str, mode: str, schemes: tuple[str, ...], example: str) -> str:
+    """Return the URL in ``env[name]``, required in ``mode``, with one of ``schemes``.
 
-    The error messages never repeat the URL: it carries the ACL password.
+    The error messages never repeat the URL: it carries a password.
     """
-    url = env.get("BULK_EMAIL_REDIS_URL", "").strip()
+    url = env.get(name, "").strip()
     if not url:
-        raise ImproperlyConfigured(
-            "BULK_EMAIL_REDIS_URL must be set when BULK_EMAIL_QUEUE_MODE=rq, "
-            "e.g. redis://USER:PASSWORD@127.0.0.1:6379/0"
-        )
+        raise ImproperlyConfigured(f"{name} must be set when BULK_EMAIL_QUEUE_MODE={mode}, e.g. {example}")
     scheme = urlsplit(url).scheme
-    if scheme not in REDIS_SCHEMES:
+    if scheme not in schemes:
         raise ImproperlyConfigured(
-            f"BULK_EMAIL_REDIS_URL must start with one of {', '.join(s + '://' for s in REDIS_SCHEMES)} "
-            f"(got scheme {scheme!r})"
+            f"{name} must start with one of {', '.join(s + '://' for s in schemes)} (got scheme {scheme!r})"
         )
     return url
+
+
+def redis_url(env: Mapping[str, str]) -> str:
+    """BULK_EMAIL_REDIS_URL, the rq queues' Redis with the client's own ACL user."""
+    return service_url(
+        env, "BULK_EMAIL_REDIS_URL", "rq", REDIS_SCHEMES, "redis://USER:PASSWORD@127.0.0.1:6379/0"
+    )
+
+
+def broker_url(env: Mapping[str, str]) -> str:
+    """BULK_EMAIL_CELERY_BROKER_URL, Celery's broker (Redis or RabbitMQ) with the client's own user."""
+    return service_url(
+        env, "BULK_EMAIL_CELERY_BROKER_URL", "celery", BROKER_SCHEMES,
+        "redis://USER:PASSWORD@127.0.0.1:6379/1 or amqp://USER:PASSWORD@127.0.0.1:5672/edupulse",
+    )
+
+
+def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The CELERY_* settings of celery mode, each reliability choice on purpose.
+
+    * acks_late + reject_on_worker_lost: a task's message is acknowledged
+      after it ran, and a killed worker child sends it back to the queue;
+      with prefetch multiplier 1 a worker holds one message per process
+      beyond the ones it runs. A task may thus run twice; the ledger's
+      claims (bulk_email.sending) make the second run send nothing twice.
+    * visibility_timeout (Redis broker): an unacknowledged message returns
+      to the queue this long after delivery, which is how the messages of
+      a worker killed with SIGKILL come back. It must outlast the longest
+      task plus the longest countdown (retry backoff, batch spacing), or
+      the broker redelivers a message still waiting or running, in a loop
+      (Celery #2599, #7009); load() enforces that. RabbitMQ needs none: it
+      requeues a dead connection's messages at once.
+    * autoretry only for DeliveriesPending (transient SMTP errors, outage,
+      quota, claims of another runner): permanent errors are in the ledger.
+    * results in the Django database (django-celery-results), expiring
+      after BULK_EMAIL_CELERY_RESULT_EXPIRES seconds: beat runs Celery's
+      backend_cleanup daily.
+    """
+    time_limit = _number(env, "BULK_EMAIL_CELERY_TASK_TIME_LIMIT", 600, int)
+    backoff_max = _number(env, "BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX", 600, int)
+    visibility = _number(env, "BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT", 3600, int)
+    values: dict[str, Any] = {
+        "CELERY_BROKER_URL": broker_url(env),
+        "CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP": True,
+        "CELERY_BROKER_TRANSPORT_OPTIONS": {
+            "visibility_timeout": visibility,
+            # Sweep for expired unacknowledged messages every 10 s instead of every 100 s.
+            "unacked_restore_throttle": 1,
+            "socket_keepalive": True,
+            "health_check_interval": 25,
+        },
+        "CELERY_RESULT_BACKEND": "django-db",
+        "CELERY_RESULT_EXTENDED": True,
+        "CELERY_RESULT_EXPIRES": _number(env, "BULK_EMAIL_CELERY_RESULT_EXPIRES", 7 * 86400, int),
+        "CELERY_ACCEPT_CONTENT": ["json"],
+        "CELERY_TASK_SERIALIZER": "json",
+        "CELERY_RESULT_SERIALIZER": "json",
+        "CELERY_TIMEZONE": env.get("BULK_EMAIL_CELERY_TIMEZONE", "").strip() or GUIDE_TIMEZONE,
+        "CELERY_TASK_ROUTES": EMAIL_TASK_ROUTES,
+        "CELERY_TASK_ANNOTATIONS": EMAIL_TASK_ANNOTATIONS,
+        # Everything not routed goes to "default", which the workers consume (not "celery").
+        "CELERY_TASK_DEFAULT_QUEUE": "default",
+        "CELERY_TASK_ACKS_LATE": True,
+        "CELERY_TASK_REJECT_ON_WORKER_LOST": True,
+        "CELERY_TASK_TRACK_STARTED": True,
+        "CELERY_TASK_TIME_LIMIT": time_limit,
+        "CELERY_WORKER_PREFETCH_MULTIPLIER": 1,
+        # A task still running when the broker connection drops finishes its sends; its
+        # message comes back (acks_late) and the ledger skips what it sent.
+        "CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS": False,
+        # On a cold shutdown (second SIGTERM, SIGQUIT) give running tasks 10 s, then hand the
+        # unacknowledged messages back to a Redis broker instead of waiting for the timeout.
+        "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": 10.0,
+        "CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE": True,
+        "CELERY_BEAT_SCHEDULER": "django_celery_beat.schedulers:DatabaseScheduler",
+        "BULK_EMAIL_CELERY_MAX_RETRIES": _number(env, "BULK_EMAIL_CELERY_MAX_RETRIES", 8, int),
+        "BULK_EMAIL_CELERY_RETRY_BACKOFF": _number(env, "BULK_EMAIL_CELERY_RETRY_BACKOFF", 10, int),
+        "BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX": backoff_max,
+    }
+    _at_least("BULK_EMAIL_CELERY_TASK_TIME_LIMIT", time_limit, 1)
+    _at_least("BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX", backoff_max, 0)
+    _at_least("BULK_EMAIL_CELERY_MAX_RETRIES", values["BULK_EMAIL_CELERY_MAX_RETRIES"], 0)
+    _at_least("BULK_EMAIL_CELERY_RETRY_BACKOFF", values["BULK_EMAIL_CELERY_RETRY_BACKOFF"], 1)
+    _at_least("BULK_EMAIL_CELERY_RESULT_EXPIRES", values["CELERY_RESULT_EXPIRES"], 60)
+    # The longest countdown is a retry's (<= backoff max); campaigns check their own spacing.
+    _at_least("BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT", visibility, time_limit + backoff_max + 60)
+    return values
 
 
 def rq_queues(url: str) -> dict[str, dict[str, Any]]:
@@ -150,13 +248,17 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
     values["BULK_EMAIL_INSTALLED_APPS"] = installed_apps(values["BULK_EMAIL_QUEUE_MODE"])
     if values["BULK_EMAIL_QUEUE_MODE"] == "rq":
         values["RQ_QUEUES"] = rq_queues(redis_url(env))
+    if values["BULK_EMAIL_QUEUE_MODE"] == "celery":
+        values.update(celery_settings(env))
     return values
 
 
 def installed_apps(mode: str) -> list[str]:
-    """Apps the project must add for ``mode`` (celery adds its own here later)."""
+    """Apps the project must add for ``mode``."""
     if mode == "rq":
         return ["bulk_email", "django_rq"]
+    if mode == "celery":
+        return ["bulk_email", "django_celery_beat", "django_celery_results"]
     return ["bulk_email"]
 
 
@@ -177,3 +279,7 @@ if "RQ_QUEUES" in _values:
     # Only in rq mode: without it, django-rq (not installed in batch mode) is never configured.
     RQ_QUEUES = _values["RQ_QUEUES"]
     __all__ = [*__all__, "RQ_QUEUES"]
+# Only in celery mode: the CELERY_* settings and this app's retry settings for its tasks.
+_celery_names = [name for name in _values if name.startswith(("CELERY_", "BULK_EMAIL_CELERY_"))]
+globals().update({name: _values[name] for name in _celery_names})
+__all__ = [*__all__, *_celery_names]

@@ -10,9 +10,13 @@ before pytest-django's own hook reads DJANGO_SETTINGS_MODULE and sets
 Django up; a conftest.py would be imported too late for that.
 
 The copy is patched with ``--mode rq`` and runs with BULK_EMAIL_QUEUE_MODE=rq,
-the superset (django_rq installed, RQ_QUEUES from BULK_EMAIL_REDIS_URL,
-/django-rq/ mounted); bulk_email/tests/conftest.py makes new campaigns batch
-campaigns unless a test asks for rq. The Redis URL names a loopback port
+the superset of batch (django_rq installed, RQ_QUEUES from
+BULK_EMAIL_REDIS_URL, /django-rq/ mounted); bulk_email/tests/conftest.py
+makes new campaigns batch campaigns unless a test asks for rq. With
+EDUPULSE_TEST_QUEUE_MODE=celery (the second pytest run of ``make unit``) the
+copy is patched and run in celery mode instead, and only the tests marked
+``queue_mode("celery")`` are collected; the first run leaves them out. Each
+test thus runs once, against a project set up the way its mode deploys it. The Redis URL names a loopback port
 chosen here and an ACL user; the ``redis_server`` fixture starts a
 redis-server there with that user when a test needs it.
 """
@@ -59,6 +63,10 @@ CLEARED_ENV = [
     "BULK_EMAIL_BATCH_SIZE", "BULK_EMAIL_DAILY_QUOTA", "BULK_EMAIL_MAX_ATTEMPTS",
     "BULK_EMAIL_RETRY_BACKOFF", "BULK_EMAIL_RETRY_BACKOFF_MAX", "BULK_EMAIL_QUOTA_HOOK",
     "BULK_EMAIL_CLAIM_TIMEOUT", "BULK_EMAIL_RQ_RETRY_INTERVALS",
+    "BULK_EMAIL_CELERY_TASK_TIME_LIMIT", "BULK_EMAIL_CELERY_RETRY_BACKOFF",
+    "BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX", "BULK_EMAIL_CELERY_MAX_RETRIES",
+    "BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT", "BULK_EMAIL_CELERY_RESULT_EXPIRES",
+    "BULK_EMAIL_CELERY_TIMEZONE",
 ]
 
 _workdir: Path | None = None
@@ -69,6 +77,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+MODE_VARIABLE = "EDUPULSE_TEST_QUEUE_MODE"
+TEST_MODES = ("rq", "celery")
+
+
+def test_mode() -> str:
+    """The queue mode of this pytest run (rq unless EDUPULSE_TEST_QUEUE_MODE says celery)."""
+    mode = os.environ.get(MODE_VARIABLE, "").strip() or "rq"
+    if mode not in TEST_MODES:
+        raise pytest.UsageError(f"{MODE_VARIABLE} must be one of {', '.join(TEST_MODES)}, got {mode!r}")
+    return mode
 
 
 def build_patched_project(workdir: Path, mode: str = "rq") -> Path:
@@ -95,19 +115,51 @@ def build_patched_project(workdir: Path, mode: str = "rq") -> Path:
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     global _workdir
     _workdir = Path(tempfile.mkdtemp(prefix="edupulse-tests-"))
-    project = build_patched_project(_workdir)
+    mode = test_mode()
+    project = build_patched_project(_workdir, mode)
     for name in CLEARED_ENV:
         os.environ.pop(name, None)
     os.environ.update(TEST_ENV)
+    os.environ["BULK_EMAIL_QUEUE_MODE"] = mode
     os.environ["DJANGO_SQLITE_PATH"] = str(_workdir / "db.sqlite3")
     os.environ["DJANGO_STATIC_ROOT"] = str(_workdir / "static")
     password = secrets.token_hex(8)
-    os.environ["BULK_EMAIL_REDIS_URL"] = f"redis://{REDIS_USER}:{password}@127.0.0.1:{free_port()}/0"
+    port = free_port()
+    os.environ["BULK_EMAIL_REDIS_URL"] = f"redis://{REDIS_USER}:{password}@127.0.0.1:{port}/0"
+    # The guide's broker database 1, on the same private redis-server as the rq tests' queues.
+    os.environ["BULK_EMAIL_CELERY_BROKER_URL"] = f"redis://{REDIS_USER}:{password}@127.0.0.1:{port}/1"
     sys.path.insert(0, str(project))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "queue_mode(mode): run only in the pytest run whose test project is in that mode"
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Outside the celery run, do not even import test_celery*.py: its models need
+    django-celery-beat/results in INSTALLED_APPS, which only the celery project has."""
+    if collection_path.name.startswith("test_celery") and test_mode() != "celery":
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep the tests of this run's mode: unmarked ones belong to the rq (default) run."""
+    mode = test_mode()
+    selected, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker("queue_mode")
+        wanted = marker.args[0] if marker else "rq"
+        (selected if wanted == mode else deselected).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = selected
+
+
 def pytest_report_header(config: pytest.Config) -> str:
-    return f"edupulse test project (example_app patched by apply.py): {_workdir}/project"
+    return f"edupulse test project (example_app patched by apply.py --mode {test_mode()}): {_workdir}/project"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

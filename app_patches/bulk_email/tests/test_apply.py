@@ -205,3 +205,45 @@ def test_remove_after_rq_restores_the_original_bytes(project):
     summary(apply(project, "--remove", "--json"))
 
     assert snapshot(project) == original
+
+
+def test_celery_mode_writes_the_guides_celery_app_and_switching_away_removes_it(project, tmp_path):
+    fresh = tmp_path / "fresh"
+    shutil.copytree(project, fresh)
+    summary(apply(fresh, "--mode", "rq", "--json"))
+
+    summary(apply(project, "--mode", "celery", "--json"))
+
+    celery_app = (project / "edupulse/celery.py").read_text()
+    assert 'app.config_from_object("django.conf:settings", namespace="CELERY")' in celery_app
+    assert "app.autodiscover_tasks()" in celery_app
+    assert "from .celery import app as celery_app" in (project / "edupulse/__init__.py").read_text()
+    assert summary(apply(project, "--mode", "celery", "--json"))["changed"] is False
+
+    result = summary(apply(project, "--mode", "rq", "--json"))
+
+    assert sorted(result["files"]) == ["edupulse/__init__.py", "edupulse/celery.py", "edupulse/urls.py"]
+    assert snapshot(project) == snapshot(fresh)
+
+
+def test_remove_after_celery_restores_the_original_bytes(project):
+    original = snapshot(project)
+    summary(apply(project, "--mode", "celery", "--json"))
+
+    summary(apply(project, "--remove", "--json"))
+
+    assert snapshot(project) == original
+
+
+def test_refuses_to_overwrite_a_celery_py_it_did_not_write_and_leaves_it_in_other_modes(project):
+    own = project / "edupulse/celery.py"
+    own.write_text("# the project's own Celery app\n")
+
+    result = apply(project, "--mode", "celery")
+
+    assert result.returncode == 2
+    assert "celery.py exists and was not written by apply.py" in result.stderr
+    assert not (project / "bulk_email").exists()  # refused before any change
+    summary(apply(project, "--mode", "batch", "--json"))
+    summary(apply(project, "--remove", "--json"))
+    assert own.read_text() == "# the project's own Celery app\n"

@@ -96,6 +96,64 @@ def test_invalid_values_raise_improperly_configured_naming_the_variable(name, va
         load({name: value})
 
 
+CELERY_ENV = {
+    "BULK_EMAIL_QUEUE_MODE": "celery",
+    "BULK_EMAIL_CELERY_BROKER_URL": "redis://celery:secret@127.0.0.1:6379/1",
+}
+
+
+def test_celery_mode_settings_follow_the_guide_and_choose_reliability_on_purpose():
+    values = load(CELERY_ENV)
+
+    assert values["BULK_EMAIL_INSTALLED_APPS"] == ["bulk_email", "django_celery_beat", "django_celery_results"]
+    assert values["CELERY_BROKER_URL"] == CELERY_ENV["BULK_EMAIL_CELERY_BROKER_URL"]
+    assert values["CELERY_TIMEZONE"] == "Australia/Perth"
+    assert values["CELERY_ACCEPT_CONTENT"] == ["json"]
+    assert values["CELERY_TASK_SERIALIZER"] == values["CELERY_RESULT_SERIALIZER"] == "json"
+    assert values["CELERY_TASK_ROUTES"] == {
+        "core.tasks.send_bulk_emails": {"queue": "email"},
+        "core.tasks.send_single_email": {"queue": "email"},
+        "bulk_email.tasks.send_batch": {"queue": "email"},
+    }
+    assert values["CELERY_TASK_ANNOTATIONS"] == {"core.tasks.send_bulk_emails": {"rate_limit": "10/m"}}
+    assert values["CELERY_TASK_ACKS_LATE"] and values["CELERY_TASK_REJECT_ON_WORKER_LOST"]
+    assert values["CELERY_WORKER_PREFETCH_MULTIPLIER"] == 1
+    assert values["CELERY_RESULT_BACKEND"] == "django-db"
+    assert values["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] == 3600
+    assert values["CELERY_BEAT_SCHEDULER"] == "django_celery_beat.schedulers:DatabaseScheduler"
+    assert not any(name.startswith("CELERY_") for name in load({}))  # batch mode has none
+
+
+def test_celery_mode_accepts_a_rabbitmq_broker_and_a_shorter_visibility_timeout():
+    values = load({
+        **CELERY_ENV,
+        "BULK_EMAIL_CELERY_BROKER_URL": "amqp://edupulse:secret@127.0.0.1:5672/edupulse",
+        "BULK_EMAIL_CELERY_TASK_TIME_LIMIT": "60",
+        "BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX": "30",
+        "BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT": "150",
+    })
+    assert values["CELERY_BROKER_URL"].startswith("amqp://")
+    assert values["CELERY_TASK_TIME_LIMIT"] == 60
+    assert values["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] == 150
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"BULK_EMAIL_CELERY_BROKER_URL": ""}, "BULK_EMAIL_CELERY_BROKER_URL must be set"),
+        ({"BULK_EMAIL_CELERY_BROKER_URL": "sqs://k:s3cret@x"}, "BULK_EMAIL_CELERY_BROKER_URL must start with"),
+        # Redelivery loop (Celery #2599, #7009): shorter than a task plus its longest retry wait.
+        ({"BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT": "600"}, "BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT must be >= 1260"),
+        ({"BULK_EMAIL_CELERY_TASK_TIME_LIMIT": "0"}, "BULK_EMAIL_CELERY_TASK_TIME_LIMIT"),
+        ({"BULK_EMAIL_CELERY_MAX_RETRIES": "-1"}, "BULK_EMAIL_CELERY_MAX_RETRIES"),
+    ],
+)
+def test_celery_mode_rejects_bad_values_without_showing_the_password(env, message):
+    with pytest.raises(ImproperlyConfigured, match=message) as caught:
+        load({**CELERY_ENV, **env})
+    assert "s3cret" not in str(caught.value) and "secret" not in str(caught.value)
+
+
 def test_module_import_fails_on_invalid_environment(monkeypatch):
     monkeypatch.setenv("BULK_EMAIL_BATCH_SIZE", "0")
     try:

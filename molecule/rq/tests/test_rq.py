@@ -5,24 +5,17 @@ from __future__ import annotations
 import json
 
 from e2e_helpers import (
+    FAULT_FILE,
     MANAGE,
     assert_delivered_exactly_once,
     campaign_status,
+    redis_cli,
+    smtp_stalled,
     start_campaign,
     wait_for,
 )
 
-FAULT_FILE = "/run/smtp-sink/fault"
 WORKER = "edupulse-rqworker@1.service"
-
-
-def redis_cli(host, *args: str, user: str = "") -> str:
-    """redis-cli as an ACL user whose password is read from the deployed env files."""
-    auth = ""
-    if user:
-        auth = f"REDISCLI_AUTH=\"$(sed -n 's|.*{user}:\\([^@]*\\)@.*|\\1|p' /etc/edupulse/*.env | head -1)\" "
-    cmd = host.run(f"{auth}redis-cli --no-auth-warning {'--user ' + user if user else ''} {' '.join(args)}")
-    return (cmd.stdout + cmd.stderr).strip()
 
 
 def wait_until_sending(host, campaign_id: str, at_least: int) -> None:
@@ -68,7 +61,8 @@ def test_submit_returns_at_once_with_everything_pending(host):
 def test_worker_killed_mid_campaign_loses_and_duplicates_nothing(host):
     campaign = start_campaign(host, 300)
     wait_until_sending(host, campaign, 40)
-    host.run_test(f"systemctl kill --signal=KILL {WORKER}")
+    with smtp_stalled(host):  # the work-horse is now in the middle of an SMTP transaction
+        host.run_test(f"systemctl kill --signal=KILL {WORKER}")
     # systemd restarts it (Restart=on-failure, RestartSec=5s).
     assert wait_for(lambda: host.service(WORKER).is_running, timeout=60)
     # The killed job comes back through edupulse-rq-maintenance.timer (heartbeat expiry ~90 s,

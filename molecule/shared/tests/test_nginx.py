@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from e2e_helpers import fetch
 
 ENV_FILE = "/etc/edupulse/edupulse.env"
 SITE_LINK = "/etc/nginx/sites-enabled/edupulse.conf"
@@ -23,47 +24,6 @@ HTPASSWD = "/etc/nginx/edupulse-flower.htpasswd"
 SECURITY_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy")
 # The body of Nginx's own 404 page, which Django's never contains.
 NGINX_404 = "<center>nginx</center>"
-
-# Runs inside the container: one request, no redirects followed, the answer as JSON.
-FETCH = r"""
-import base64, json, ssl, sys, urllib.error, urllib.request
-url, auth, tls = sys.argv[1], sys.argv[2], sys.argv[3]
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None
-context = ssl.create_default_context()
-context.check_hostname = False
-context.verify_mode = ssl.CERT_NONE
-if tls != "any":
-    context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    context.minimum_version = context.maximum_version = getattr(ssl.TLSVersion, tls)
-opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
-request = urllib.request.Request(url)
-if auth:
-    request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
-try:
-    response = opener.open(request, timeout=30)
-except urllib.error.HTTPError as error:
-    response = error
-except (urllib.error.URLError, ssl.SSLError, ConnectionError) as error:
-    print(json.dumps({"error": str(error)}))
-    sys.exit(0)
-headers = {}
-for name, value in response.headers.items():
-    headers.setdefault(name.lower(), []).append(value)
-body = response.read(4096).decode("utf-8", "replace")
-print(json.dumps({"status": response.status, "headers": headers, "body": body}))
-"""
-
-
-def fetch(host, path: str, scheme: str = "https", auth: str = "", tls: str = "any") -> dict:
-    """GET scheme://127.0.0.1<path> inside the container."""
-    url = f"{scheme}://127.0.0.1{path}"
-    out = host.check_output(
-        f"python3 -c {shlex.quote(FETCH)} {shlex.quote(url)} {shlex.quote(auth)} {shlex.quote(tls)}"
-    )
-    return json.loads(out)
-
 
 def queue_mode(host) -> str:
     match = re.search(r'^BULK_EMAIL_QUEUE_MODE="([a-z]+)"', host.file(ENV_FILE).content_string, re.M)

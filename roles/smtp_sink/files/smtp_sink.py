@@ -13,13 +13,19 @@ line per message is printed to stdout (journald under systemd).
 
 Fault injection: while the file named by --fault-file exists and holds an
 SMTP code such as 421 or 451, every message is answered with that code and
-not stored, which simulates a provider outage. No file means normal.
+not stored, which simulates a provider outage. "stall N" instead makes the
+server wait N seconds before answering each RCPT TO, like a provider slow to
+accept recipients: a client killed meanwhile has sent nothing the server
+could accept, which is how the tests kill workers in the middle of a send
+without landing in the one window no sender can close (the server stored
+the message, the sender died before recording it). No file means normal.
 
 AUTH is offered without TLS and any credentials are accepted; a client
 that does not log in is accepted too. Needs aiosmtpd (Debian/Ubuntu:
 python3-aiosmtpd).
 """
 import argparse
+import asyncio
 import mailbox
 import re
 import signal
@@ -53,6 +59,20 @@ def read_fault(fault_file: Path) -> str | None:
     return None
 
 
+def read_stall(fault_file: Path) -> float:
+    """Seconds to wait before answering RCPT TO ("stall N" in the fault file), else 0."""
+    try:
+        words = fault_file.read_text(encoding="utf-8").split()
+    except (FileNotFoundError, NotADirectoryError):
+        return 0.0
+    if len(words) == 2 and words[0] == "stall":
+        try:
+            return max(float(words[1]), 0.0)
+        except ValueError:
+            return 0.0
+    return 0.0
+
+
 def header_value(content: bytes, name: str) -> str:
     """Find one header in raw message bytes without parsing the whole message."""
     head = content.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
@@ -67,6 +87,14 @@ class MaildirHandler:
         self.maildir = mailbox.Maildir(maildir, factory=None, create=True)
         self.fault_file = fault_file
         self.lock = threading.Lock()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: N802
+        stall = read_stall(self.fault_file)
+        if stall:
+            await asyncio.sleep(stall)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook name)
         recipients = ", ".join(envelope.rcpt_tos)

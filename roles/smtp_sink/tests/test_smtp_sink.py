@@ -106,6 +106,22 @@ def test_fault_file_refuses_messages_until_removed(sink, code):
     assert count(sink["maildir"])["total"] == 1
 
 
+def test_stall_delays_recipients_and_a_client_gone_meanwhile_leaves_nothing(sink):
+    sink["fault"].write_text("stall 2\n")
+    client = smtplib.SMTP("127.0.0.1", sink["port"], timeout=0.5)
+    client.ehlo()
+    client.mail("office@school.test")
+    with pytest.raises(smtplib.SMTPServerDisconnected, match="timed out"):  # gives up while stalled
+        client.rcpt("a@school.test")
+    client.close()
+    sink["fault"].unlink()
+    send(sink["port"], "b@school.test", "c-1")
+
+    assert count(sink["maildir"])["by_campaign"] == {
+        "c-1": {"messages": 1, "unique_recipients": 1, "duplicates": []},
+    }
+
+
 def test_logs_one_line_per_message(sink):
     send(sink["port"], "a@school.test", "c-9")
     sink["process"].terminate()

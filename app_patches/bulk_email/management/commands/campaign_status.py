@@ -1,12 +1,15 @@
 """``manage.py campaign_status <uuid> [--json]``: the ledger counts of one campaign.
 
 Output: ``campaign <uuid> mode=<mode> recipients=<n> sent=<n> failed=<n> pending=<n> sending=<n>``
-and, for an rq campaign, `` queued=<n> started=<n> failed_jobs=<n>``; or with --json one
-JSON object with the same keys. Exits 1 for an unknown id.
+and, for an rq campaign, `` queued=<n> started=<n> failed_jobs=<n>``, for a celery campaign
+`` started=<n> retrying=<n> failed_jobs=<n>``; or with --json one JSON object with the same
+keys. Exits 1 for an unknown id.
 
 pending counts every delivery not yet sent or failed, so "pending == 0" means done;
 sending is the part of it a runner has claimed right now. queued (waiting or scheduled),
-started and failed_jobs count the campaign's jobs in the rq email queue and its registries.
+started and failed_jobs count the campaign's jobs in the rq email queue and its registries;
+for celery, the campaign's tasks by state in django-celery-results (a broker cannot count the
+messages of one campaign cheaply, so there is no "queued": pending says what is left).
 """
 import json
 from argparse import ArgumentParser
@@ -16,11 +19,14 @@ from django.core.management.base import BaseCommand, CommandError
 
 from bulk_email.models import Campaign
 
-TEXT_KEYS = ("mode", "recipients", "sent", "failed", "pending", "sending", "queued", "started", "failed_jobs")
+TEXT_KEYS = (
+    "mode", "recipients", "sent", "failed", "pending", "sending",
+    "queued", "started", "retrying", "failed_jobs",
+)
 
 
 def campaign_status(campaign: Campaign) -> dict:
-    """Ledger counts, plus the campaign's rq jobs for an rq campaign."""
+    """Ledger counts, plus the campaign's jobs (rq) or tasks (celery) when it is queued."""
     counts = campaign.counts()
     status = {
         "id": str(campaign.id),
@@ -34,6 +40,10 @@ def campaign_status(campaign: Campaign) -> dict:
 
         jobs = campaign_jobs(campaign.id)
         status.update(queued=jobs.queued, started=jobs.started, failed_jobs=jobs.failed)
+    elif campaign.mode == "celery":
+        from bulk_email.tasks import campaign_tasks
+
+        status.update(campaign_tasks(campaign.id))
     return status
 
 

@@ -4,13 +4,18 @@ rq mode: the guide's "manually retry failed tasks": every campaign job in the
 email queue's FailedJobRegistry (retries used up, its deliveries still
 pending in the ledger) goes back on the queue with a fresh set of retries.
 
+celery mode: the campaigns whose send_batch tasks used up their retries
+(FAILURE in django-celery-results) get their pending deliveries enqueued
+again, from the ledger, and those results are deleted.
+
 batch mode: there are no jobs; the pending deliveries of batch campaigns
 (left by an SMTP outage, the quota or a stopped run) are sent now, in this
 process, exactly like ``send_campaign --resume`` for each such campaign.
 
 Output: ``retried <n> <what>`` (``would retry`` with --dry-run, which changes
 nothing) or ``nothing to retry``; --json adds one JSON object as the last line:
-{"mode", "dry_run", "jobs" (rq) or "campaigns" + "deliveries" (batch), "retried"}.
+{"mode", "dry_run", "jobs" (rq), "jobs" + "deliveries" (celery) or "campaigns" +
+"deliveries" (batch), "retried"}.
 """
 import json
 from argparse import ArgumentParser
@@ -33,7 +38,7 @@ def pending_batch_campaigns() -> list[Campaign]:
 
 
 class Command(BaseCommand):
-    help = "Re-enqueue failed rq campaign jobs (rq mode) or re-send pending deliveries (batch)."
+    help = "Re-enqueue failed campaign jobs (rq, celery) or re-send pending deliveries (batch)."
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Report only, change nothing.")
@@ -44,10 +49,15 @@ class Command(BaseCommand):
         if mode == "rq":
             summary = self._retry_rq(options["dry_run"])
             what = "failed jobs"
+        elif mode == "celery":
+            from bulk_email.tasks import retry_failed_tasks
+
+            summary = retry_failed_tasks(options["dry_run"])
+            what = f"failed tasks ({summary['deliveries']} pending deliveries)"
         else:
             summary = self._retry_batch(options["dry_run"])
             what = f"campaigns ({summary['deliveries']} pending deliveries)"
-        count = summary["jobs"] if mode == "rq" else summary["campaigns"]
+        count = summary["campaigns"] if mode == "batch" else summary["jobs"]
         if not count:
             self.stdout.write("nothing to retry")
         else:

@@ -1,0 +1,203 @@
+"""celery mode: a campaign becomes one task per batch on the ``email`` queue.
+
+Celery's ``autodiscover_tasks()`` imports this module in celery mode only
+(the project's celery.py exists only then), so batch and rq deployments
+never need Celery installed.
+
+The task is the same ``send_batch`` call batch mode makes (one SMTP
+connection per batch; see rq_jobs for the measurement behind batches
+rather than recipients). Batches are spaced by ``countdown``, job k
+``k * BULK_EMAIL_BATCH_DELAY`` seconds after submit, so no worker sleeps
+while holding a process.
+
+Retries: a batch that left deliveries pending (transient SMTP errors,
+an outage, the quota, claims of another runner) is retried with
+exponential backoff and jitter (BULK_EMAIL_CELERY_RETRY_BACKOFF[_MAX],
+BULK_EMAIL_CELERY_MAX_RETRIES); no other exception is retried (permanent
+SMTP errors are in the ledger, a bug should fail loudly). When the retries are used up the task
+is FAILURE in django-celery-results with its deliveries still pending:
+``manage.py retry_failed`` enqueues them again.
+
+Late acknowledgement means a task can run twice (a killed worker, a
+redelivery after the visibility timeout, a broker restart); the ledger's
+claims make the second run skip whatever the first one sent.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from celery import shared_task
+from celery.utils.time import get_exponential_backoff_interval
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.db.models import Min
+from django.utils import timezone
+
+from .models import Campaign, Delivery
+from .sending import (
+    CampaignRun,
+    DeliveriesPending,
+    campaign_prefix,
+    job_id,
+    pending_batches,
+    raise_if_pending,
+    send_batch,
+)
+
+logger = logging.getLogger("bulk_email")
+
+QUEUE = "email"
+SEND_BATCH = "bulk_email.tasks.send_batch"
+QUEUE_HEALTH = "bulk_email.tasks.queue_health"
+
+
+def retry_countdown(retries: int) -> int:
+    """Seconds before retry number ``retries + 1``: exponential, capped, with full jitter.
+
+    Read from the settings at run time (Celery's autoretry_for options are
+    fixed when the module is imported, before the settings could vary).
+    """
+    return get_exponential_backoff_interval(
+        factor=settings.BULK_EMAIL_CELERY_RETRY_BACKOFF,
+        retries=retries,
+        maximum=settings.BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX,
+        full_jitter=True,
+    )
+
+
+@shared_task(bind=True, name=SEND_BATCH)
+def send_batch_task(self, campaign_id: str, delivery_ids: list[int], number: int, total: int) -> dict:
+    """Send one batch; retry it later (only) while deliveries of it are left pending."""
+    campaign = Campaign.objects.get(pk=campaign_id)
+    runner = f"celery:{self.request.id}"
+    result = send_batch(campaign, delivery_ids, number, total, sleep=time.sleep, runner=runner)
+    try:
+        raise_if_pending(result, campaign_id, number, total)
+    except DeliveriesPending as exc:
+        raise self.retry(
+            exc=exc,
+            countdown=retry_countdown(self.request.retries),
+            max_retries=settings.BULK_EMAIL_CELERY_MAX_RETRIES,
+        ) from exc
+    return {"sent": result.sent, "failed": result.failed}
+
+
+def check_spacing(batches: int) -> None:
+    """Refuse a campaign whose last batch would wait past the broker's visibility timeout.
+
+    A Redis broker redelivers a message that waited (countdown) plus ran
+    longer than the visibility timeout, again and again (Celery #2599,
+    #7009). Raised before anything is enqueued, so nothing is half-sent.
+    """
+    if not str(settings.CELERY_BROKER_URL).startswith(("redis", "rediss")):
+        return
+    wait = (batches - 1) * settings.BULK_EMAIL_BATCH_DELAY
+    limit = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    if wait + settings.CELERY_TASK_TIME_LIMIT >= limit:
+        raise ImproperlyConfigured(
+            f"a campaign of {batches} batches spaced {settings.BULK_EMAIL_BATCH_DELAY} s apart "
+            f"waits {wait:.0f} s, which with the task time limit exceeds the broker's visibility "
+            f"timeout ({limit} s); raise BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT or BULK_EMAIL_BATCH_SIZE"
+        )
+
+
+def enqueue_batches(campaign: Campaign, batches: list[list[int]]) -> None:
+    """Send one task per batch to the email queue, spaced by BULK_EMAIL_BATCH_DELAY."""
+    check_spacing(len(batches))
+    for index, batch in enumerate(batches):
+        send_batch_task.apply_async(
+            args=(str(campaign.id), batch, index + 1, len(batches)),
+            task_id=job_id(campaign, index + 1),
+            countdown=index * settings.BULK_EMAIL_BATCH_DELAY or None,
+            queue=QUEUE,
+        )
+
+
+def enqueue_campaign(campaign: Campaign) -> CampaignRun:
+    """Enqueue the campaign's pending deliveries, one task per batch; return at once."""
+    batches = pending_batches(campaign)
+    run = CampaignRun(campaign_id=str(campaign.id), batches=len(batches), counts=campaign.counts())
+    enqueue_batches(campaign, batches)
+    logger.info(
+        "batch email campaign=%s enqueued tasks=%d queue=%s recipients=%d",
+        campaign.id, len(batches), QUEUE, sum(len(batch) for batch in batches),
+    )
+    return run
+
+
+@shared_task(name=QUEUE_HEALTH)
+def queue_health() -> dict:
+    """Periodic task (django-celery-beat): report the ledger's backlog.
+
+    Logs a warning when deliveries have waited longer than an hour or a
+    claim outlived BULK_EMAIL_CLAIM_TIMEOUT (a sender died mid-batch), the
+    two signs that a campaign needs ``retry_failed``. Its results in
+    django-celery-results are also how the tests see that beat runs.
+    """
+    now = timezone.now()
+    pending = Delivery.objects.filter(status=Delivery.Status.PENDING)
+    oldest = pending.aggregate(created=Min("campaign__created_at"))["created"]
+    stale_claims = pending.filter(
+        claimed_at__lt=now - timedelta(seconds=settings.BULK_EMAIL_CLAIM_TIMEOUT)
+    ).count()
+    report = {
+        "pending": pending.count(),
+        "stale_claims": stale_claims,
+        "oldest_pending_seconds": int((now - oldest).total_seconds()) if oldest else 0,
+    }
+    if stale_claims or report["oldest_pending_seconds"] > 3600:
+        logger.warning("batch email queue health: %s", report)
+    else:
+        logger.info("batch email queue health: %s", report)
+    return report
+
+
+def campaign_tasks(campaign_id: object) -> dict[str, int]:
+    """Count the campaign's tasks in django-celery-results by state (started, retrying, failed)."""
+    from django_celery_results.models import TaskResult
+
+    rows = TaskResult.objects.filter(task_id__startswith=campaign_prefix(campaign_id))
+    return {
+        "started": rows.filter(status="STARTED").count(),
+        "retrying": rows.filter(status="RETRY").count(),
+        "failed_jobs": rows.filter(status="FAILURE").count(),
+    }
+
+
+def failed_campaigns() -> dict[Campaign, list[str]]:
+    """Campaigns with FAILURE send_batch tasks, mapped to those tasks' ids."""
+    from django_celery_results.models import TaskResult
+
+    failed: dict[str, list[str]] = {}
+    for task_id in TaskResult.objects.filter(task_name=SEND_BATCH, status="FAILURE").values_list(
+        "task_id", flat=True
+    ):
+        campaign_id = task_id.split("-", 1)[1].rsplit("-", 2)[0]
+        failed.setdefault(campaign_id, []).append(task_id)
+    campaigns = {str(pk): campaign for pk, campaign in Campaign.objects.in_bulk(list(failed)).items()}
+    return {campaigns[key]: ids for key, ids in failed.items() if key in campaigns}
+
+
+def retry_failed_tasks(dry_run: bool = False) -> dict[str, int]:
+    """Enqueue again the pending deliveries of campaigns whose tasks used up their retries.
+
+    Re-enqueues from the ledger rather than re-sending the failed tasks'
+    arguments, so whatever was sent meanwhile is not sent twice; the
+    FAILURE results are then deleted so the next call does not repeat it.
+    """
+    from django_celery_results.models import TaskResult
+
+    summary = {"jobs": 0, "deliveries": 0, "retried": 0}
+    for campaign, task_ids in failed_campaigns().items():
+        batches = pending_batches(campaign)
+        summary["jobs"] += len(task_ids)
+        summary["deliveries"] += sum(len(batch) for batch in batches)
+        if dry_run:
+            continue
+        enqueue_batches(campaign, batches)
+        TaskResult.objects.filter(task_id__in=task_ids).delete()
+        summary["retried"] += len(task_ids)
+        logger.info("batch email requeued campaign=%s failed_tasks=%d", campaign.id, len(task_ids))
+    return summary
