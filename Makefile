@@ -8,8 +8,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Scenarios `make molecule` runs, in order.
-SCENARIOS ?= batch
+# Scenarios `make molecule` runs, longest first, MOLECULE_JOBS at a time (each in containers of
+# its own; tests/harness/run-scenarios.sh).
+SCENARIOS ?= celery rq celery_rabbitmq batch
+MOLECULE_JOBS ?= 3
 # Queue mode of the demo, and the broker in celery mode (redis or rabbitmq).
 QUEUE_MODE ?= rq
 CELERY_BROKER ?= redis
@@ -50,8 +52,8 @@ unit: setup ## Unit tests of app_patches/, the example app and the SMTP sink
 	# The celery tests, against the example app patched and configured for celery mode.
 	EDUPULSE_TEST_QUEUE_MODE=celery $(BIN)/pytest
 
-molecule: setup images ## Every Molecule scenario in SCENARIOS
-	for scenario in $(SCENARIOS); do $(BIN)/molecule test -s $$scenario; done
+molecule: setup images ## Every Molecule scenario in SCENARIOS, MOLECULE_JOBS at a time
+	tests/harness/run-scenarios.sh $(MOLECULE_JOBS) $(SCENARIOS)
 
 test: lint unit molecule ## Everything CI runs
 

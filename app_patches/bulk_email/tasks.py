@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from celery import shared_task
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import Min
+from django.db.models import Max, Min
 from django.utils import timezone
 
 from .models import Campaign, Delivery
@@ -40,6 +40,7 @@ from .sending import (
     CampaignRun,
     DeliveriesPending,
     campaign_prefix,
+    chunks,
     job_id,
     pending_batches,
     raise_if_pending,
@@ -127,9 +128,53 @@ def enqueue_campaign(campaign: Campaign) -> CampaignRun:
     return run
 
 
+def stranded_after() -> timedelta:
+    """How long a campaign's tasks may all be silent before its unsent recipients count as stranded.
+
+    Longer than any legitimate silence: a task waits at most its countdown
+    (kept below the visibility timeout by check_spacing) and runs at most the
+    time limit, and a message of a killed worker comes back within the
+    visibility timeout.
+    """
+    seconds = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] + settings.CELERY_TASK_TIME_LIMIT
+    return timedelta(seconds=seconds)
+
+
+def recover_stranded(now: datetime) -> int:
+    """Enqueue again the recipients whose task message the broker lost; return how many.
+
+    A message can vanish between the broker and the ledger: kombu's Redis
+    transport pops a message and records it as unacknowledged in two steps,
+    and the celery scenario saw one popped and never recorded (so neither
+    run nor redelivered) when the worker was killed. Such recipients are
+    pending, never attempted and unclaimed, in a campaign none of whose
+    tasks has changed state for longer than stranded_after(). Enqueuing them
+    again is safe even if the old message were still alive: the ledger's
+    claims make a recipient go out once whatever runs it.
+    """
+    from django_celery_results.models import TaskResult
+
+    quiet_since = now - stranded_after()
+    unsent = Delivery.objects.filter(
+        status=Delivery.Status.PENDING, attempts=0, claimed_at__isnull=True,
+        campaign__mode="celery", campaign__created_at__lt=quiet_since,
+    )
+    recovered = 0
+    for campaign in Campaign.objects.filter(pk__in=unsent.values("campaign_id")):
+        results = TaskResult.objects.filter(task_id__startswith=campaign_prefix(campaign.id))
+        last = results.aggregate(last=Max("date_done"))["last"]
+        if last is not None and last >= quiet_since:
+            continue
+        ids = list(unsent.filter(campaign=campaign).order_by("pk").values_list("pk", flat=True))
+        enqueue_batches(campaign, chunks(ids, settings.BULK_EMAIL_BATCH_SIZE))
+        recovered += len(ids)
+        logger.warning("batch email campaign=%s re-enqueued stranded recipients=%d", campaign.id, len(ids))
+    return recovered
+
+
 @shared_task(name=QUEUE_HEALTH)
 def queue_health() -> dict:
-    """Periodic task (django-celery-beat): report the ledger's backlog.
+    """Periodic task (django-celery-beat): recover stranded recipients, report the backlog.
 
     Logs a warning when deliveries have waited longer than an hour or a
     claim outlived BULK_EMAIL_CLAIM_TIMEOUT (a sender died mid-batch), the
@@ -137,17 +182,19 @@ def queue_health() -> dict:
     django-celery-results are also how the tests see that beat runs.
     """
     now = timezone.now()
+    recovered = recover_stranded(now)
     pending = Delivery.objects.filter(status=Delivery.Status.PENDING)
     oldest = pending.aggregate(created=Min("campaign__created_at"))["created"]
     stale_claims = pending.filter(
         claimed_at__lt=now - timedelta(seconds=settings.BULK_EMAIL_CLAIM_TIMEOUT)
     ).count()
     report = {
+        "recovered": recovered,
         "pending": pending.count(),
         "stale_claims": stale_claims,
         "oldest_pending_seconds": int((now - oldest).total_seconds()) if oldest else 0,
     }
-    if stale_claims or report["oldest_pending_seconds"] > 3600:
+    if recovered or stale_claims or report["oldest_pending_seconds"] > 3600:
         logger.warning("batch email queue health: %s", report)
     else:
         logger.info("batch email queue health: %s", report)

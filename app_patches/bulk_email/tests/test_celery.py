@@ -9,6 +9,7 @@ real worker (solo pool, in a thread) through the broker.
 import json
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -16,13 +17,14 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
 
 from bulk_email.campaigns import create_campaign
 from bulk_email.dispatch import dispatch
 from bulk_email.models import Campaign
-from bulk_email.tasks import QUEUE_HEALTH, SEND_BATCH, queue_health, send_batch_task
+from bulk_email.tasks import QUEUE_HEALTH, SEND_BATCH, queue_health, send_batch_task, stranded_after
 
 pytestmark = [pytest.mark.queue_mode("celery"), pytest.mark.django_db(transaction=True)]
 
@@ -200,7 +202,10 @@ def test_queue_health_reports_the_backlog(celery_mode):
 
     report = queue_health.apply().get()
 
-    assert report == {"pending": 3, "stale_claims": 0, "oldest_pending_seconds": report["oldest_pending_seconds"]}
+    assert report == {
+        "recovered": 0, "pending": 3, "stale_claims": 0,
+        "oldest_pending_seconds": report["oldest_pending_seconds"],
+    }
     assert 0 <= report["oldest_pending_seconds"] < 60
 
 
@@ -214,3 +219,33 @@ def test_setup_periodic_tasks_registers_queue_health_once(celery_mode):
     assert task.task == QUEUE_HEALTH and not task.enabled
     with pytest.raises(CommandError, match="0 or more"):
         run("setup_periodic_tasks", "--health-interval", "-5")
+
+
+def test_recipients_of_a_lost_task_message_are_enqueued_again_once_the_campaign_is_quiet(
+    celery_worker, smtp, settings, monkeypatch
+):
+    recipients = addresses(25)
+    campaign = create_campaign("Timetable", "Body", recipients)
+    real_apply_async = send_batch_task.apply_async
+    lost: list[dict] = []
+
+    def lose_the_second_message(**options):
+        if options["args"][2] == 2:
+            lost.append(options)  # as if the broker popped it and the worker died
+            return None
+        return real_apply_async(**options)
+
+    monkeypatch.setattr(send_batch_task, "apply_async", lose_the_second_message)
+    dispatch(campaign)
+    wait_for(lambda: campaign.counts()["sent"] == 20)
+    monkeypatch.setattr(send_batch_task, "apply_async", real_apply_async)
+    assert lost and campaign.counts()["pending"] == 5
+
+    assert queue_health.apply().get()["recovered"] == 0  # the campaign is not quiet yet
+    later = timezone.now() + stranded_after() + timedelta(seconds=1)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+
+    assert queue_health.apply().get()["recovered"] == 5
+    wait_for(done(campaign))
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert queue_health.apply().get()["recovered"] == 0

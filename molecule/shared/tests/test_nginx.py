@@ -144,12 +144,13 @@ def test_monitoring_pages_follow_the_queue_mode(host):
             assert NGINX_404 in fetch(host, path)["body"], path
 
 
-def test_flower_password_file_is_a_hash_readable_by_nginx_only(host):
-    if not host.file(HTPASSWD).exists:
-        pytest.skip("Flower is not served in this scenario")
+def test_flower_password_file_exists_only_where_flower_is_served_and_holds_a_hash(host, rendered_config):
     htpasswd = host.file(HTPASSWD)
-    assert (htpasswd.user, htpasswd.group, htpasswd.mode) == ("root", "www-data", 0o640)
-    assert re.fullmatch(r"[^:\s]+:\$6\$[^$]+\$\S+\n", htpasswd.content_string)
+    served = "upstream edupulse_flower" in rendered_config
+    assert htpasswd.exists == served
+    if served:
+        assert (htpasswd.user, htpasswd.group, htpasswd.mode) == ("root", "www-data", 0o640)
+        assert re.fullmatch(r"[^:\s]+:\$6\$[^$]+\$\S+\n", htpasswd.content_string)
 
 
 def test_gixy_finds_no_issue(rendered_config, tmp_path):
