@@ -10,7 +10,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Scenarios `make molecule` runs, longest first, MOLECULE_JOBS at a time (each in containers of
 # its own; tests/harness/run-scenarios.sh).
-SCENARIOS ?= celery rq celery_rabbitmq batch
+SCENARIOS ?= switch celery rq celery_rabbitmq batch dev_macos
 MOLECULE_JOBS ?= 3
 # Queue mode of the demo, and the broker in celery mode (redis or rabbitmq).
 QUEUE_MODE ?= rq
@@ -42,10 +42,11 @@ demo: setup images ## Deploy to the demo container (QUEUE_MODE=rq|batch|celery) 
 demo-destroy: ## Remove the demo container
 	docker rm -f edupulse-demo
 
-lint: setup ## yamllint, ansible-lint (production profile), role README tables
+lint: setup ## yamllint, ansible-lint (production profile), role README tables, example inventories
 	$(BIN)/yamllint --strict .
 	$(BIN)/python tests/harness/role_docs.py --check
 	$(BIN)/ansible-lint
+	tests/harness/check-inventories.sh
 
 unit: setup ## Unit tests of app_patches/, the example app and the SMTP sink
 	$(BIN)/pytest

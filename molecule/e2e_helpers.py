@@ -45,7 +45,7 @@ def write_recipients(host, count: int) -> str:
         f"open({path!r}, 'w').write(''.join("
         f"f'student{{i:05d}}.{tag}@edupulse.test\\n' for i in range({count})))"
     )
-    host.run_test(f"python3 -c {shlex.quote(script)} && chmod 0644 {path}")
+    host.run_expect([0], f"python3 -c {shlex.quote(script)} && chmod 0644 {path}")
     return path
 
 
@@ -96,12 +96,47 @@ def smtp_stalled(host, seconds: int = 3) -> Iterator[None]:
     is hit often with a local sink, so a test that killed at random would
     test luck rather than recovery.
     """
-    host.run_test(f"echo 'stall {seconds}' > {FAULT_FILE}")
+    set_sink_fault(host, f"stall {seconds}")
     try:
         time.sleep(seconds / 2)
         yield
     finally:
-        host.run_test(f"rm -f {FAULT_FILE}")
+        clear_sink_fault(host)
+
+
+def set_sink_fault(host, fault: str) -> None:
+    """Write the sink's fault file ("421", "stall 20", ...); a failed write fails the test."""
+    host.run_expect([0], f"echo {shlex.quote(fault)} > {FAULT_FILE}")
+
+
+def clear_sink_fault(host) -> None:
+    """Remove the sink's fault file (the sink answers normally again)."""
+    host.run_expect([0], f"rm -f {FAULT_FILE}")
+
+
+def unit_state(host, unit: str) -> dict[str, str]:
+    """MainPID and NRestarts of a systemd unit (a changed pair proves a restart happened)."""
+    out = host.check_output(f"systemctl show -p MainPID -p NRestarts {unit}")
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def redis_run_id(host) -> str:
+    """Redis's run_id (INFO server, as the admin user): a new one after every restart."""
+    for line in host.check_output("redis-admin-cli INFO server").splitlines():
+        if line.startswith("run_id:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no run_id in INFO server")
+
+
+def acl_log_entries(host) -> list[dict[str, str]]:
+    """ACL LOG (as the admin user) as one dict per entry; [] when no client was denied."""
+    lines = host.check_output("redis-admin-cli ACL LOG").splitlines()
+    entries: list[dict[str, str]] = []
+    for key, value in zip(lines[0::2], lines[1::2]):
+        if key == "count" or not entries:
+            entries.append({})
+        entries[-1][key] = value
+    return entries
 
 
 def start_campaign(host, count: int, subject: str = "Exam timetable") -> str:
@@ -125,16 +160,21 @@ def assert_delivered_exactly_once(host, campaign_id: str, count: int, timeout: f
     assert received["messages"] == count
 
 
-# Runs inside the container: one request, no redirects followed, the answer as JSON.
-FETCH = r"""
-import base64, json, ssl, sys, urllib.error, urllib.request
-url, auth, tls = sys.argv[1], sys.argv[2], sys.argv[3]
+# The start of the scripts below, which run inside the container: an HTTPS client that follows
+# no redirect and accepts the site's self-signed certificate.
+HTTPS_CLIENT = r"""
+import base64, json, re, ssl, sys, urllib.error, urllib.parse, urllib.request
 class NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
 context = ssl.create_default_context()
 context.check_hostname = False
 context.verify_mode = ssl.CERT_NONE
+"""
+
+# Runs inside the container: one request, no redirects followed, the answer as JSON.
+FETCH = HTTPS_CLIENT + r"""
+url, auth, tls = sys.argv[1], sys.argv[2], sys.argv[3]
 if tls != "any":
     context.set_ciphers("DEFAULT:@SECLEVEL=0")
     context.minimum_version = context.maximum_version = getattr(ssl.TLSVersion, tls)
@@ -162,5 +202,67 @@ def fetch(host, path: str, scheme: str = "https", auth: str = "", tls: str = "an
     url = f"{scheme}://127.0.0.1{path}"
     out = host.check_output(
         f"python3 -c {shlex.quote(FETCH)} {shlex.quote(url)} {shlex.quote(auth)} {shlex.quote(tls)}"
+    )
+    return json.loads(out)
+
+
+# Runs inside the container: logs in to Django's admin through Nginx as a staff user (CSRF
+# cookie and token, the Referer an HTTPS POST needs), then GETs a page with the session; prints
+# every answer's status and location, and the last page's body, as JSON.
+LOGIN_FETCH = HTTPS_CLIENT + r"""
+base, username, password, page = sys.argv[1:5]
+opener = urllib.request.build_opener(NoRedirect, urllib.request.HTTPSHandler(context=context))
+cookies = {}
+def call(path, data=None, referer=None):
+    request = urllib.request.Request(base + path, data=data)
+    if cookies:
+        request.add_header("Cookie", "; ".join(f"{k}={v}" for k, v in cookies.items()))
+    if referer:
+        request.add_header("Referer", referer)
+    if data is not None:
+        request.add_header("Content-Type", "application/x-www-form-urlencoded")
+    try:
+        response = opener.open(request, timeout=30)
+    except urllib.error.HTTPError as error:
+        response = error
+    for header in response.headers.get_all("Set-Cookie") or []:
+        name, _, value = header.split(";", 1)[0].partition("=")
+        cookies[name.strip()] = value.strip()
+    body = response.read().decode("utf-8", "replace")
+    return {"status": response.status, "location": response.headers.get("Location", ""), "body": body}
+login_path = "/admin/login/?next=" + urllib.parse.quote(page)
+form = call(login_path)
+token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', form["body"])
+fields = {"username": username, "password": password, "next": page,
+          "csrfmiddlewaretoken": token.group(1) if token else ""}
+login = call(login_path, urllib.parse.urlencode(fields).encode(), referer=base + login_path)
+result = call(page)
+print(json.dumps({
+    "form": form["status"], "csrf_cookie": "csrftoken" in cookies, "login": login["status"],
+    "login_location": login["location"], "session_cookie": "sessionid" in cookies,
+    "status": result["status"], "location": result["location"], "body": result["body"],
+}))
+"""
+
+
+def ensure_staff_user(host, username: str, password: str) -> None:
+    """Create (or reset) a Django superuser, which is staff, with this password."""
+    code = (
+        "from django.contrib.auth import get_user_model\n"
+        "User = get_user_model()\n"
+        f"user = User.objects.filter(username={username!r}).first()\n"
+        f"user = user or User.objects.create_superuser({username!r}, 'staff@edupulse.test', None)\n"
+        "user.is_staff = user.is_superuser = user.is_active = True\n"
+        f"user.set_password({password!r})\n"
+        "user.save()\n"
+    )
+    host.run_expect([0], f"{MANAGE} shell -c {shlex.quote(code)}")
+
+
+def fetch_as_staff(host, path: str, username: str, password: str) -> dict:
+    """Log in through Nginx (https://127.0.0.1, a name in ALLOWED_HOSTS) and GET path."""
+    out = host.check_output(
+        f"python3 -c {shlex.quote(LOGIN_FETCH)} https://127.0.0.1 {shlex.quote(username)} "
+        f"{shlex.quote(password)} {shlex.quote(path)}"
     )
     return json.loads(out)

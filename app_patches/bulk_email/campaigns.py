@@ -5,6 +5,7 @@ from django.conf import settings
 from django.db import transaction
 
 from .models import Campaign, Delivery
+from .switch import held_mode
 
 
 def unique_recipients(recipients: Iterable[str]) -> list[str]:
@@ -47,7 +48,8 @@ def create_campaign(
             body=body,
             html_body=html_body or "",
             from_email=from_email or settings.DEFAULT_FROM_EMAIL,
-            mode=settings.BULK_EMAIL_QUEUE_MODE,
+            # During a queue mode switch, already in the mode it will be sent in (switch.py).
+            mode=held_mode() or settings.BULK_EMAIL_QUEUE_MODE,
         )
         Delivery.objects.bulk_create(
             Delivery(campaign=campaign, recipient=address) for address in addresses

@@ -7,14 +7,27 @@ celery: enqueue one task per batch on the email queue and return at once
 (tasks; imported only here and by Celery's autodiscovery).
 A campaign whose mode this deployment does not run fails loudly instead of
 silently sending inline.
+
+While a queue mode switch is in progress (switch.held_mode) nothing is sent
+or enqueued: the campaign is held for ``queue_switch dispatch-held``.
+Campaign.dispatched_at records the hand-over, and when it is set is what
+keeps a campaign from being lost or dispatched twice by a switch: batch
+sets it before sending (a send cut short has begun; its leftovers are for
+``--resume``/retry_failed, not for dispatch-held), rq and celery after the
+enqueue returned (a failed enqueue leaves the campaign for dispatch-held).
 """
+import logging
 import time
 from collections.abc import Callable
 
 from django.core.exceptions import ImproperlyConfigured
+from django.utils import timezone
 
 from .models import Campaign
 from .sending import CampaignRun, Sleep, send_campaign
+from .switch import held_mode
+
+logger = logging.getLogger("bulk_email")
 
 
 def _send_now(campaign: Campaign, sleep: Sleep) -> CampaignRun:
@@ -42,13 +55,47 @@ DISPATCHERS: dict[str, Callable[[Campaign, Sleep], CampaignRun]] = {
 }
 
 
-def dispatch(campaign: Campaign, *, sleep: Sleep = time.sleep) -> CampaignRun:
-    """Send (batch) or enqueue (rq/celery) the pending deliveries of ``campaign``."""
+def dispatcher_for(mode: str) -> Callable[[Campaign, Sleep], CampaignRun]:
+    """The dispatcher of ``mode``; ImproperlyConfigured for a mode this version cannot run."""
     try:
-        dispatcher = DISPATCHERS[campaign.mode]
+        return DISPATCHERS[mode]
     except KeyError:
         raise ImproperlyConfigured(
-            f"queue mode {campaign.mode!r} is not implemented in this version of bulk_email "
+            f"queue mode {mode!r} is not implemented in this version of bulk_email "
             f"(known: {', '.join(DISPATCHERS)})"
         ) from None
-    return dispatcher(campaign, sleep)
+
+
+def mark_dispatched(campaign: Campaign) -> None:
+    """Record that the campaign was (last) handed to its queue mode."""
+    campaign.dispatched_at = timezone.now()
+    Campaign.objects.filter(pk=campaign.pk).update(dispatched_at=campaign.dispatched_at)
+
+
+def hold(campaign: Campaign, mode: str) -> CampaignRun:
+    """Keep the campaign for dispatch-held: in the mode being switched to, not dispatched.
+
+    Also for a resumed campaign of the old mode: otherwise the old mode's
+    drain would wait for pending rows that nobody is going to send.
+    """
+    counts = campaign.counts()
+    if counts["pending"]:
+        campaign.mode, campaign.dispatched_at = mode, None
+        Campaign.objects.filter(pk=campaign.pk).update(mode=mode, dispatched_at=None)
+    reason = f"the queue mode is switching to {mode}; sent when the switch completes"
+    logger.info("batch email campaign=%s held: %s", campaign.id, reason)
+    return CampaignRun(campaign_id=str(campaign.id), counts=counts, held=reason)
+
+
+def dispatch(campaign: Campaign, *, sleep: Sleep = time.sleep) -> CampaignRun:
+    """Send (batch) or enqueue (rq/celery) the pending deliveries of ``campaign``, or hold it."""
+    switching_to = held_mode()
+    if switching_to is not None:
+        return hold(campaign, switching_to)
+    dispatcher = dispatcher_for(campaign.mode)
+    if campaign.mode == "batch":
+        mark_dispatched(campaign)
+        return dispatcher(campaign, sleep)
+    run = dispatcher(campaign, sleep)
+    mark_dispatched(campaign)
+    return run

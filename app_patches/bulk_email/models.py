@@ -25,6 +25,11 @@ class Campaign(models.Model):
     from_email = models.CharField(max_length=254)
     mode = models.CharField(max_length=16, help_text="Queue mode it was dispatched with.")
     created_at = models.DateTimeField(auto_now_add=True)
+    # NULL while the campaign is held (created or resumed during a queue mode switch, see
+    # switch.py): ``queue_switch dispatch-held`` hands exactly those to the new mode.
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When it was handed to its queue mode; empty while it is held."
+    )
 
     class Meta:
         ordering = ["-created_at"]

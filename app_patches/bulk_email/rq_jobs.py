@@ -71,6 +71,12 @@ def retry_policy() -> Retry:
 def send_batch_job(campaign_id: str, delivery_ids: list[int], number: int, total: int) -> dict:
     """The rq job: send one batch; raise DeliveriesPending if any of it is left pending."""
     campaign = Campaign.objects.get(pk=campaign_id)
+    if campaign.mode != "rq":
+        # Left in Redis when a queue mode switch handed the campaign to another mode
+        # (queue_switch move): that mode sends it now, so this job has nothing to do.
+        logger.info("batch email campaign=%s batch=%d/%d skipped: campaign now in %s mode",
+                    campaign_id, number, total, campaign.mode)
+        return {"sent": 0, "failed": 0, "skipped": campaign.mode}
     job = get_current_job()
     runner = f"rq:{job.id}" if job else None
     result = send_batch(campaign, delivery_ids, number, total, sleep=time.sleep, runner=runner)

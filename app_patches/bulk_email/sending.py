@@ -104,6 +104,8 @@ class CampaignRun:
     batches: int = 0
     results: list[SendResult] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    # Why nothing was sent or enqueued at all, if so: a queue mode switch holds the campaign.
+    held: str | None = None
 
     @property
     def stopped(self) -> str | None:

@@ -53,6 +53,7 @@ __all__ = [
     "BULK_EMAIL_RETRY_BACKOFF_MAX",
     "BULK_EMAIL_QUOTA_HOOK",
     "BULK_EMAIL_CLAIM_TIMEOUT",
+    "BULK_EMAIL_HOLD_FILE",
     "BULK_EMAIL_RQ_RETRY_INTERVALS",
     "BULK_EMAIL_INSTALLED_APPS",
 ]
@@ -176,8 +177,14 @@ def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
         # A task still running when the broker connection drops finishes its sends; its
         # message comes back (acks_late) and the ledger skips what it sent.
         "CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS": False,
-        # On a cold shutdown (second SIGTERM, SIGQUIT) give running tasks 10 s, then hand the
-        # unacknowledged messages back to a Redis broker instead of waiting for the timeout.
+        # systemd's stop is one SIGTERM: Celery's warm shutdown, which lets running tasks finish
+        # (roles/celery's TimeoutStopSec is longer than the time limit) and hands the reserved,
+        # unacknowledged late-ack messages back (kombu restores them when the channel closes).
+        # An operator's cold shutdown (SIGQUIT, or a second SIGTERM) is Celery's soft shutdown:
+        # running tasks get 10 s, then they are cancelled and their messages go back at once.
+        # Not the default stop on purpose: Celery sleeps the whole soft timeout even when the
+        # tasks finish sooner, and a cancelled task can be cut between the server's 250 and
+        # the ledger's commit (the one window that sends a message twice).
         "CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT": 10.0,
         "CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE": True,
         "CELERY_BEAT_SCHEDULER": "django_celery_beat.schedulers:DatabaseScheduler",
@@ -226,6 +233,10 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
         # every attempt, so this only has to outlast one SMTP attempt (a few EMAIL_TIMEOUTs);
         # after it, a delivery left by a killed worker is sent by the next run.
         "BULK_EMAIL_CLAIM_TIMEOUT": _number(env, "BULK_EMAIL_CLAIM_TIMEOUT", 300, int),
+        # A queue mode switch (batch|rq|celery) writes the new mode into this file while the
+        # old mode drains; meanwhile campaigns are held, not dispatched (bulk_email.switch).
+        # Empty: no switch can be in progress and the file is never looked at.
+        "BULK_EMAIL_HOLD_FILE": env.get("BULK_EMAIL_HOLD_FILE", "").strip(),
         # rq mode: when a job leaves deliveries pending (SMTP outage, 4xx, claimed elsewhere)
         # RQ runs it again after these delays; ~21 min in all, then FailedJobRegistry.
         "BULK_EMAIL_RQ_RETRY_INTERVALS": _intervals(
@@ -273,6 +284,7 @@ BULK_EMAIL_RETRY_BACKOFF = _values["BULK_EMAIL_RETRY_BACKOFF"]
 BULK_EMAIL_RETRY_BACKOFF_MAX = _values["BULK_EMAIL_RETRY_BACKOFF_MAX"]
 BULK_EMAIL_QUOTA_HOOK = _values["BULK_EMAIL_QUOTA_HOOK"]
 BULK_EMAIL_CLAIM_TIMEOUT = _values["BULK_EMAIL_CLAIM_TIMEOUT"]
+BULK_EMAIL_HOLD_FILE = _values["BULK_EMAIL_HOLD_FILE"]
 BULK_EMAIL_RQ_RETRY_INTERVALS = _values["BULK_EMAIL_RQ_RETRY_INTERVALS"]
 BULK_EMAIL_INSTALLED_APPS = _values["BULK_EMAIL_INSTALLED_APPS"]
 if "RQ_QUEUES" in _values:

@@ -72,6 +72,12 @@ def retry_countdown(retries: int) -> int:
 def send_batch_task(self, campaign_id: str, delivery_ids: list[int], number: int, total: int) -> dict:
     """Send one batch; retry it later (only) while deliveries of it are left pending."""
     campaign = Campaign.objects.get(pk=campaign_id)
+    if campaign.mode != "celery":
+        # Left in the broker when a queue mode switch handed the campaign to another mode
+        # (queue_switch move): that mode sends it now, so this task has nothing to do.
+        logger.info("batch email campaign=%s batch=%d/%d skipped: campaign now in %s mode",
+                    campaign_id, number, total, campaign.mode)
+        return {"sent": 0, "failed": 0, "skipped": campaign.mode}
     runner = f"celery:{self.request.id}"
     result = send_batch(campaign, delivery_ids, number, total, sleep=time.sleep, runner=runner)
     try:

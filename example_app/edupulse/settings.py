@@ -142,6 +142,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = os.environ.get("DJANGO_STATIC_ROOT") or str(BASE_DIR / "staticfiles")
 
+# Uploaded files: written by the app, served by Nginx (roles/nginx) from this directory.
+MEDIA_URL = os.environ.get("DJANGO_MEDIA_URL") or "media/"
+MEDIA_ROOT = os.environ.get("DJANGO_MEDIA_ROOT") or str(BASE_DIR / "media")
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Email: the SMTP account is per deployment, so nothing is hard-coded here.

@@ -7,7 +7,6 @@ django-celery-results are what production runs. Tasks are executed by a
 real worker (solo pool, in a thread) through the broker.
 """
 import json
-import time
 from collections.abc import Callable
 from datetime import timedelta
 from io import StringIO
@@ -20,6 +19,8 @@ from django.core.management.base import CommandError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 from django_celery_results.models import TaskResult
+
+from polling import wait_for
 
 from bulk_email.campaigns import create_campaign
 from bulk_email.dispatch import dispatch
@@ -37,19 +38,6 @@ def run(*args: str) -> list[str]:
     out = StringIO()
     call_command(*args, stdout=out)
     return out.getvalue().splitlines()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30) -> None:
-    """Poll until the worker thread made ``condition`` true (a deadline, not a speed target)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    import redis
-    r = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    print("DEBUG", {k: r.type(k) for k in r.keys("*")}, r.llen("email"), r.hgetall("unacked"))
-    raise AssertionError(f"condition not met within {timeout} s")
 
 
 def done(campaign: Campaign) -> Callable[[], bool]:
@@ -100,6 +88,19 @@ def test_a_task_delivered_twice_sends_nothing_twice(celery_mode, smtp):
     send_batch_task.apply(args=(str(campaign.id), ids, 1, 1), task_id="bulk_email-x-1-a")  # redelivery
 
     assert smtp.received() == {address: 1 for address in recipients}
+
+
+def test_a_task_left_behind_by_a_mode_switch_sends_nothing(celery_mode, smtp):
+    """queue_switch move hands a campaign to another mode; its old tasks then stand aside."""
+    campaign = create_campaign("Timetable", "Body", addresses(5))
+    ids = list(campaign.deliveries.values_list("pk", flat=True))
+    Campaign.objects.filter(pk=campaign.pk).update(mode="rq")
+
+    result = send_batch_task.apply(args=(str(campaign.id), ids, 1, 1), task_id="bulk_email-y-1-a")
+
+    assert result.get() == {"sent": 0, "failed": 0, "skipped": "rq"}
+    assert smtp.messages == []
+    assert campaign.counts() == {"pending": 5, "sent": 0, "failed": 0}
 
 
 def test_transient_errors_retry_the_task_and_everything_arrives(celery_worker, smtp, settings):

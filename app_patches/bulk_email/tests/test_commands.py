@@ -47,7 +47,9 @@ def test_send_campaign_from_options_and_file(fast, tmp_path):
     assert lines[1] == "mode=batch recipients=4 sent=4 failed=0 pending=0"
     assert json.loads(lines[-1]) == {
         "id": campaign_id, "mode": "batch", "recipients": 4, "sent": 4, "failed": 0, "pending": 0,
+        "held": False,
     }
+    assert campaign.dispatched_at is not None
     assert sorted(fast.received()) == ["a@school.test", "b@school.test", "c@school.test", "d@school.test"]
     assert campaign.from_email == "office@school.test"
     assert campaign.body == "Dear students,\n..."
@@ -107,7 +109,21 @@ def test_campaign_status(fast):
     ]
     assert json.loads(run("campaign_status", campaign_id, "--json")[-1]) == {
         "id": campaign_id, "mode": "batch", "recipients": 2, "pending": 0, "sent": 1, "failed": 1,
-        "sending": 0,
+        "sending": 0, "dispatched": True,
+    }
+
+
+def test_campaign_status_of_a_mode_no_longer_deployed_reports_the_ledger(fast, settings):
+    """After a queue mode switch, old campaigns are still readable: their queue (and its client
+    library) may be gone, so only the ledger is asked."""
+    settings.BULK_EMAIL_QUEUE_MODE = "batch"
+    lines = run("send_campaign", "--subject", "Hi", "--body", "x", "--to", "ok@x.test")
+    campaign_id = lines[0].removeprefix("campaign ")
+    Campaign.objects.filter(pk=campaign_id).update(mode="celery")  # as sent before a switch
+
+    assert json.loads(run("campaign_status", campaign_id, "--json")[-1]) == {
+        "id": campaign_id, "mode": "celery", "recipients": 1, "pending": 0, "sent": 1, "failed": 0,
+        "sending": 0, "dispatched": True,
     }
 
 

@@ -12,7 +12,7 @@ from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegis
 
 from bulk_email.campaigns import create_campaign
 from bulk_email.dispatch import dispatch
-from bulk_email.models import Delivery
+from bulk_email.models import Campaign, Delivery
 from bulk_email.sending import claim
 
 pytestmark = pytest.mark.django_db
@@ -74,6 +74,20 @@ def test_a_job_executed_twice_sends_nothing_twice(rq_mode, smtp, django_capture_
 
     assert smtp.received() == {address: 1 for address in recipients}
     assert Job.fetch(job.id, connection=rq_mode.connection).return_value() == {"sent": 0, "failed": 0}
+
+
+def test_a_job_left_behind_by_a_mode_switch_sends_nothing(rq_mode, smtp, django_capture_on_commit_callbacks):
+    """queue_switch move hands a campaign to another mode; its old jobs then stand aside."""
+    campaign = submit(addresses(5), django_capture_on_commit_callbacks)
+    (job,) = jobs(rq_mode)
+    Campaign.objects.filter(pk=campaign.pk).update(mode="celery")
+
+    work(rq_mode)
+
+    assert smtp.messages == []
+    assert campaign.counts() == {"pending": 5, "sent": 0, "failed": 0}
+    assert Job.fetch(job.id, connection=rq_mode.connection).return_value() == {
+        "sent": 0, "failed": 0, "skipped": "celery"}
 
 
 def test_claims_are_exclusive_until_they_expire(rq_mode, settings):
@@ -185,7 +199,9 @@ def test_send_campaign_returns_at_once_and_status_counts_jobs(
         lines = run("send_campaign", "--subject", "Hi", "--body", "x", *to, "--json")
 
     summary = json.loads(lines[-1])
-    assert summary == {"id": summary["id"], "mode": "rq", "recipients": 45, "sent": 0, "failed": 0, "pending": 45}
+    assert summary == {"id": summary["id"], "mode": "rq", "recipients": 45, "sent": 0, "failed": 0, "pending": 45,
+        "held": False,
+    }
     status = json.loads(run("campaign_status", summary["id"], "--json")[-1])
     assert (status["queued"], status["started"], status["failed_jobs"], status["pending"]) == (3, 0, 0, 45)
 

@@ -21,6 +21,7 @@ def test_defaults():
         "BULK_EMAIL_RETRY_BACKOFF_MAX": 60,
         "BULK_EMAIL_QUOTA_HOOK": "bulk_email.quota.daily_quota",
         "BULK_EMAIL_CLAIM_TIMEOUT": 300,
+        "BULK_EMAIL_HOLD_FILE": "",
         "BULK_EMAIL_RQ_RETRY_INTERVALS": [10, 30, 60, 300, 900],
         "BULK_EMAIL_INSTALLED_APPS": ["bulk_email"],
     }
@@ -35,6 +36,7 @@ def test_values_from_environment():
             "BULK_EMAIL_QUEUE_MODE": " RQ ",
             "BULK_EMAIL_REDIS_URL": "redis://rq-app:secret@127.0.0.1:6379/0",
             "BULK_EMAIL_CLAIM_TIMEOUT": "120",
+            "BULK_EMAIL_HOLD_FILE": " /run/edupulse/queue-switch ",
             "BULK_EMAIL_RQ_RETRY_INTERVALS": "5, 60",
             "EMAIL_TIMEOUT": "30",
         }
@@ -45,6 +47,7 @@ def test_values_from_environment():
     assert values["BULK_EMAIL_QUEUE_MODE"] == "rq"
     assert values["EMAIL_TIMEOUT"] == 30
     assert values["BULK_EMAIL_CLAIM_TIMEOUT"] == 120
+    assert values["BULK_EMAIL_HOLD_FILE"] == "/run/edupulse/queue-switch"
     assert values["BULK_EMAIL_RQ_RETRY_INTERVALS"] == [5, 60]
 
 

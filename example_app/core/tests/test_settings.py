@@ -11,7 +11,7 @@ EXAMPLE_APP = Path(__file__).resolve().parents[2]
 PROBE = (
     "import json, django; from django.conf import settings; "
     "print(json.dumps({k: getattr(settings, k) for k in "
-    "['DEBUG', 'ALLOWED_HOSTS', 'CSRF_TRUSTED_ORIGINS', 'DATABASES', 'STATIC_ROOT', 'EMAIL_BACKEND', "
+    "['DEBUG', 'ALLOWED_HOSTS', 'CSRF_TRUSTED_ORIGINS', 'DATABASES', 'STATIC_ROOT', 'MEDIA_ROOT', 'MEDIA_URL', 'EMAIL_BACKEND', "
     "'EMAIL_HOST', 'EMAIL_PORT', 'EMAIL_USE_TLS', 'EMAIL_USE_SSL', 'DEFAULT_FROM_EMAIL', 'LOG_LEVEL']}))"
 )
 
@@ -41,6 +41,7 @@ def test_defaults():
     assert database["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
     assert "journal_mode=WAL" in database["OPTIONS"]["init_command"]
     assert loaded["STATIC_ROOT"] == str(EXAMPLE_APP / "staticfiles")
+    assert (loaded["MEDIA_ROOT"], loaded["MEDIA_URL"]) == (str(EXAMPLE_APP / "media"), "/media/")
     assert loaded["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend"
     assert (loaded["EMAIL_HOST"], loaded["EMAIL_PORT"]) == ("localhost", 587)
     assert (loaded["EMAIL_USE_TLS"], loaded["EMAIL_USE_SSL"]) == (True, False)
@@ -54,6 +55,8 @@ def test_values_from_environment(tmp_path):
         DJANGO_CSRF_TRUSTED_ORIGINS="https://edupulse.example",
         DJANGO_SQLITE_PATH=str(tmp_path / "site.db"),
         DJANGO_STATIC_ROOT=str(tmp_path / "static"),
+        DJANGO_MEDIA_ROOT=str(tmp_path / "media"),
+        DJANGO_MEDIA_URL="/uploads/",
         EMAIL_HOST="smtp.gmail.com",
         EMAIL_PORT="465",
         EMAIL_USE_TLS="false",
@@ -65,6 +68,7 @@ def test_values_from_environment(tmp_path):
     assert loaded["CSRF_TRUSTED_ORIGINS"] == ["https://edupulse.example"]
     assert loaded["DATABASES"]["default"]["NAME"] == str(tmp_path / "site.db")
     assert loaded["STATIC_ROOT"] == str(tmp_path / "static")
+    assert (loaded["MEDIA_ROOT"], loaded["MEDIA_URL"]) == (str(tmp_path / "media"), "/uploads/")
     assert (loaded["EMAIL_HOST"], loaded["EMAIL_PORT"]) == ("smtp.gmail.com", 465)
     assert (loaded["EMAIL_USE_TLS"], loaded["EMAIL_USE_SSL"]) == (False, True)
     assert loaded["DEFAULT_FROM_EMAIL"] == "office@school.test"

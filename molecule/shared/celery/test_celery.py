@@ -100,13 +100,21 @@ def test_submit_returns_at_once_as_a_celery_campaign(host):
     assert result["mode"] == "celery"
 
 
+def still_pending(host, campaign_id: str) -> int:
+    """Pending deliveries now: a fault injected while this is 0 would test nothing."""
+    pending = campaign_status(host, campaign_id)["pending"]
+    assert pending > 0, f"campaign {campaign_id} finished before the fault was injected"
+    return pending
+
+
 def test_worker_child_killed_mid_campaign_loses_and_duplicates_nothing(host):
     campaign = start_campaign(host, 300)
     wait_until_sending(host, campaign, 40)
     children = host.check_output(f"pgrep -P {main_pid(host, WORKER)}").split()
     assert children
     with smtp_stalled(host):  # every child is now in the middle of an SMTP transaction
-        host.run_test(f"kill -9 {' '.join(children)}")
+        still_pending(host, campaign)
+        host.run_expect([0], f"kill -9 {' '.join(children)}")
     # reject_on_worker_lost: the pool's parent sends the lost tasks back to the queue at once.
     assert_delivered_exactly_once(host, campaign, 300, timeout=600)
 
@@ -116,7 +124,8 @@ def test_worker_main_process_killed_mid_campaign_loses_and_duplicates_nothing(ho
     wait_until_sending(host, campaign, 40)
     killed = main_pid(host, WORKER)
     with smtp_stalled(host):
-        host.run_test(f"kill -9 {killed}")
+        still_pending(host, campaign)
+        host.run_expect([0], f"kill -9 {killed}")
     # systemd restarts the unit (Restart=on-failure); the messages the killed worker held
     # unacknowledged come back: from Redis after the visibility timeout (150 s in these
     # scenarios), from RabbitMQ as soon as the dead connection closes.
@@ -124,10 +133,29 @@ def test_worker_main_process_killed_mid_campaign_loses_and_duplicates_nothing(ho
     assert_delivered_exactly_once(host, campaign, 300, timeout=900)
 
 
+def test_worker_restarted_mid_campaign_finishes_and_hands_back_the_rest(host):
+    """`systemctl restart` (a redeploy) is Celery's warm shutdown: the running batches finish,
+    the reserved unacknowledged messages go back to the broker, and a new worker sends them."""
+    campaign = start_campaign(host, 300)
+    wait_until_sending(host, campaign, 40)
+    before = main_pid(host, WORKER)
+    since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
+    still_pending(host, campaign)
+    host.run_expect([0], f"systemctl restart {WORKER}")
+    assert main_pid(host, WORKER) not in (0, before)
+    journal = host.check_output(f"journalctl -u {WORKER} --since {shlex.quote(since)} --no-pager -o cat")
+    assert "Warm shutdown" in journal, journal[-2000:]
+    # The stop was clean: systemd saw no failure and did not have to kill anything.
+    result = host.check_output(f"systemctl show -p Result --value {WORKER}")
+    assert result == "success", result
+    assert_delivered_exactly_once(host, campaign, 300, timeout=600)
+
+
 def test_broker_restart_mid_campaign_loses_nothing(host, broker):
     campaign = start_campaign(host, 300)
     wait_until_sending(host, campaign, 40)
-    host.run_test(f"systemctl restart {BROKER_UNITS[broker]}")
+    still_pending(host, campaign)
+    host.run_expect([0], f"systemctl restart {BROKER_UNITS[broker]}")
     assert_delivered_exactly_once(host, campaign, 300, timeout=600)
 
 

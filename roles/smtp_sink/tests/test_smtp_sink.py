@@ -135,3 +135,29 @@ def test_logs_one_line_per_message(sink):
 
 def test_count_of_an_empty_or_missing_maildir(tmp_path):
     assert count(tmp_path / "missing") == {"total": 0, "by_campaign": {}}
+
+
+def test_count_spans_a_restart_and_a_stopped_sink_refuses_connections(sink, tmp_path):
+    """The rq scenario's outage stops the unit and starts it again on the same Maildir."""
+    send(sink["port"], "a@school.test", "c-1")
+    sink["process"].terminate()
+    sink["process"].wait(timeout=10)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", sink["port"]), timeout=2)
+    assert count(sink["maildir"])["by_campaign"]["c-1"]["messages"] == 1  # readable while down
+
+    again = subprocess.Popen(
+        [sys.executable, str(SINK), "--host", "127.0.0.1", "--port", str(sink["port"]),
+         "--maildir", str(sink["maildir"]), "--fault-file", str(sink["fault"])],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_port(sink["port"], again)
+        send(sink["port"], "b@school.test", "c-1")
+    finally:
+        again.terminate()
+        again.wait(timeout=10)
+
+    assert count(sink["maildir"])["by_campaign"] == {
+        "c-1": {"messages": 2, "unique_recipients": 2, "duplicates": []},
+    }

@@ -2,8 +2,10 @@
 
 Output: ``campaign <uuid> mode=<mode> recipients=<n> sent=<n> failed=<n> pending=<n> sending=<n>``
 and, for an rq campaign, `` queued=<n> started=<n> failed_jobs=<n>``, for a celery campaign
-`` started=<n> retrying=<n> failed_jobs=<n>``; or with --json one JSON object with the same
-keys. Exits 1 for an unknown id.
+`` started=<n> retrying=<n> failed_jobs=<n>`` (those only while the deployment runs the
+campaign's mode); or with --json one JSON object with the same
+keys plus "dispatched" (false while the campaign is held by a queue mode switch, see
+bulk_email.switch). Exits 1 for an unknown id.
 
 pending counts every delivery not yet sent or failed, so "pending == 0" means done;
 sending is the part of it a runner has claimed right now. queued (waiting or scheduled),
@@ -14,6 +16,7 @@ messages of one campaign cheaply, so there is no "queued": pending says what is 
 import json
 from argparse import ArgumentParser
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
@@ -34,7 +37,12 @@ def campaign_status(campaign: Campaign) -> dict:
         "recipients": sum(counts.values()),
         **counts,
         "sending": campaign.sending(),
+        "dispatched": campaign.dispatched_at is not None,
     }
+    if campaign.mode != settings.BULK_EMAIL_QUEUE_MODE:
+        # A campaign of a mode this deployment no longer runs (a queue mode switch): its queue
+        # is gone, and its client library may be too; the ledger still has the whole answer.
+        return status
     if campaign.mode == "rq":
         from bulk_email.rq_jobs import campaign_jobs
 

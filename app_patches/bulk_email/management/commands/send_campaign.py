@@ -4,7 +4,12 @@ Output (stable, parsed by tests and deployment checks):
     campaign <uuid>
     mode=<mode> recipients=<n> sent=<n> failed=<n> pending=<n>
     [stopped: <reason>]
-    [{"id": ..., "mode": ..., "recipients": n, "sent": n, "failed": n, "pending": n}]  (--json, last line)
+    [held: <reason>]  (a queue mode switch is in progress: nothing sent or enqueued yet)
+    [{"id": ..., "mode": ..., "recipients": n, "sent": n, "failed": n, "pending": n,
+      "held": bool}]  (--json, last line)
+
+A held campaign is already in the mode it will go out in (mode=<new mode>);
+``queue_switch dispatch-held`` sends it when the switch completes.
 """
 import json
 from argparse import ArgumentParser
@@ -68,12 +73,15 @@ class Command(BaseCommand):
             "sent": counts["sent"],
             "failed": counts["failed"],
             "pending": counts["pending"],
+            "held": run.held is not None,
         }
         self.stdout.write(
             " ".join(f"{key}={summary[key]}" for key in ("mode", "recipients", "sent", "failed", "pending"))
         )
         if run.stopped:
             self.stdout.write(f"stopped: {run.stopped}")
+        if run.held:
+            self.stdout.write(f"held: {run.held}")
         if options["json"]:
             self.stdout.write(json.dumps(summary))
 
