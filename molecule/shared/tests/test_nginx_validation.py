@@ -67,7 +67,9 @@ def run_nginx_play(host, *extra_vars: str) -> subprocess.CompletedProcess:
         cwd=project,
         # Molecule's ansible.cfg names the roles relative to the scenario directory. The role
         # uses no facts: skip gathering them.
-        env={**os.environ, "ANSIBLE_ROLES_PATH": f"{project}/roles", "ANSIBLE_GATHERING": "explicit"},
+        env={**os.environ, "ANSIBLE_ROLES_PATH": f"{project}/roles", "ANSIBLE_GATHERING": "explicit",
+             # Plain text: the checks below read the output line by line ("^fatal: ").
+             "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
         # One stream, in order: Ansible writes a failed task's message to stderr.
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False, timeout=600,
     )
