@@ -140,8 +140,11 @@ def test_worker_restarted_mid_campaign_finishes_and_hands_back_the_rest(host):
     wait_until_sending(host, campaign, 40)
     before = main_pid(host, WORKER)
     since = host.check_output("date '+%Y-%m-%d %H:%M:%S'")
-    still_pending(host, campaign)
-    host.run_expect([0], f"systemctl restart {WORKER}")
+    # A slow server (1 s per recipient) keeps the campaign going while the worker restarts;
+    # the running batches take up to 20 s to finish, well inside TimeoutStopSec.
+    with smtp_stalled(host, seconds=1):
+        still_pending(host, campaign)
+        host.run_expect([0], f"systemctl restart {WORKER}")
     assert main_pid(host, WORKER) not in (0, before)
     journal = host.check_output(f"journalctl -u {WORKER} --since {shlex.quote(since)} --no-pager -o cat")
     assert "Warm shutdown" in journal, journal[-2000:]
@@ -154,8 +157,9 @@ def test_worker_restarted_mid_campaign_finishes_and_hands_back_the_rest(host):
 def test_broker_restart_mid_campaign_loses_nothing(host, broker):
     campaign = start_campaign(host, 300)
     wait_until_sending(host, campaign, 40)
-    still_pending(host, campaign)
-    host.run_expect([0], f"systemctl restart {BROKER_UNITS[broker]}")
+    with smtp_stalled(host):  # the campaign cannot finish before the broker goes down
+        still_pending(host, campaign)
+        host.run_expect([0], f"systemctl restart {BROKER_UNITS[broker]}")
     assert_delivered_exactly_once(host, campaign, 300, timeout=600)
 
 
