@@ -10,8 +10,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 # Scenarios `make molecule` runs, longest first, MOLECULE_JOBS at a time (each in containers of
 # its own; tests/harness/run-scenarios.sh).
-SCENARIOS ?= switch celery rq celery_rabbitmq batch dev_macos
-MOLECULE_JOBS ?= 3
+SCENARIOS ?= switch cluster celery rq celery_rabbitmq batch dev_macos
+MOLECULE_JOBS ?= 4
 # Queue mode of the demo, and the broker in celery mode (redis or rabbitmq).
 QUEUE_MODE ?= rq
 CELERY_BROKER ?= redis
@@ -19,7 +19,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export ANSIBLE_CONFIG := $(abspath ansible.cfg)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup images demo demo-destroy lint unit molecule test clean
+.PHONY: help setup images demo demo-destroy lint unit molecule test bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ molecule: setup images ## Every Molecule scenario in SCENARIOS, MOLECULE_JOBS at
 	tests/harness/run-scenarios.sh $(MOLECULE_JOBS) $(SCENARIOS)
 
 test: lint unit molecule ## Everything CI runs
+
+bench: setup images ## Benchmarks of the queue modes on containers bench-<mode> (bench/run.py, BENCH_ARGS=...)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean: ## Remove the virtualenv and caches of this checkout
 	rm -rf $(VENV) .cache

@@ -37,7 +37,13 @@ import django_rq
 from django.conf import settings
 from rq import Queue, Retry, get_current_job
 from rq.job import Job
-from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
 from rq.scheduler import RQScheduler
 from rq.utils import current_timestamp
 
@@ -219,3 +225,45 @@ def enqueue_due_scheduled() -> int:
     if due:
         logger.warning("batch email enqueued due scheduled jobs=%d (no live scheduler)", due)
     return due
+
+
+def queue_overview() -> dict:
+    """Depth of every RQ_QUEUES queue and its registries, and the registered workers.
+
+    For ``queue_status``: read-only on purpose. RQ's own ``registry.count``,
+    ``get_job_ids()`` and ``Worker.all()`` clean up as they read (they move
+    expired started jobs to the failed registry, drop dead workers' keys),
+    so a status probe would change what it reports and race the maintenance
+    timer; this reads the sorted sets and hashes as they are.
+    """
+    from rq import worker_registration
+
+    queues: dict[str, dict[str, int]] = {}
+    workers: dict[str, dict] = {}
+    for name in settings.RQ_QUEUES:
+        queue = django_rq.get_queue(name)
+        registries = {
+            "scheduled": ScheduledJobRegistry, "started": StartedJobRegistry,
+            "failed": FailedJobRegistry, "deferred": DeferredJobRegistry,
+            "finished": FinishedJobRegistry,
+        }
+        counts = {"queued": queue.count}
+        for key, registry in registries.items():
+            counts[key] = registry(queue=queue).get_job_count(cleanup=False)
+        queues[name] = counts
+        connection = queue.connection
+        for key in sorted(worker_registration.get_keys(queue=queue)):
+            if key in workers or not connection.exists(key):
+                continue  # another queue's listing, or a dead worker's leftover (not alive)
+            state = connection.hget(key, "state")
+            heartbeat = connection.hget(key, "last_heartbeat")
+            workers[key] = {
+                "name": key.removeprefix("rq:worker:"),
+                "state": state.decode() if isinstance(state, bytes) else state,
+                "last_heartbeat": heartbeat.decode() if isinstance(heartbeat, bytes) else heartbeat,
+                "queues": [],
+            }
+        for key in worker_registration.get_keys(queue=queue):
+            if key in workers:
+                workers[key]["queues"].append(name)
+    return {"queues": queues, "workers": list(workers.values())}

@@ -18,6 +18,7 @@ BULK_EMAIL_CELERY_BROKER_URL in the same way (see ``celery_settings`` for
 why each reliability setting has its value).
 """
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -192,6 +193,7 @@ def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "BULK_EMAIL_CELERY_RETRY_BACKOFF": _number(env, "BULK_EMAIL_CELERY_RETRY_BACKOFF", 10, int),
         "BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX": backoff_max,
     }
+    values.update(broker_tls(values["CELERY_BROKER_URL"]))
     _at_least("BULK_EMAIL_CELERY_TASK_TIME_LIMIT", time_limit, 1)
     _at_least("BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX", backoff_max, 0)
     _at_least("BULK_EMAIL_CELERY_MAX_RETRIES", values["BULK_EMAIL_CELERY_MAX_RETRIES"], 0)
@@ -200,6 +202,20 @@ def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
     # The longest countdown is a retry's (<= backoff max); campaigns check their own spacing.
     _at_least("BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT", visibility, time_limit + backoff_max + 60)
     return values
+
+
+def broker_tls(url: str) -> dict[str, Any]:
+    """CELERY_BROKER_USE_SSL for a rediss:// broker: verify the server's certificate.
+
+    redis-py verifies a rediss:// URL by itself (django-rq, rq mode), but
+    Celery refuses a rediss:// broker without ssl_cert_reqs and would take
+    CERT_NONE if told so. The certificate is checked against the system
+    trust store, where roles/edupulse_app puts edupulse_app_extra_ca_certs
+    (the CA of Redis's certificate in a multi-host deployment).
+    """
+    if urlsplit(url).scheme != "rediss":
+        return {}
+    return {"CELERY_BROKER_USE_SSL": {"ssl_cert_reqs": ssl.CERT_REQUIRED}}
 
 
 def rq_queues(url: str) -> dict[str, dict[str, Any]]:
@@ -259,6 +275,8 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
     values["BULK_EMAIL_INSTALLED_APPS"] = installed_apps(values["BULK_EMAIL_QUEUE_MODE"])
     if values["BULK_EMAIL_QUEUE_MODE"] == "rq":
         values["RQ_QUEUES"] = rq_queues(redis_url(env))
+        # rqworker's worker class: RQ's, loading the sending path before it forks (rq_worker.py).
+        values["RQ"] = {"WORKER_CLASS": "bulk_email.rq_worker.Worker"}
     if values["BULK_EMAIL_QUEUE_MODE"] == "celery":
         values.update(celery_settings(env))
     return values
@@ -290,7 +308,8 @@ BULK_EMAIL_INSTALLED_APPS = _values["BULK_EMAIL_INSTALLED_APPS"]
 if "RQ_QUEUES" in _values:
     # Only in rq mode: without it, django-rq (not installed in batch mode) is never configured.
     RQ_QUEUES = _values["RQ_QUEUES"]
-    __all__ = [*__all__, "RQ_QUEUES"]
+    RQ = _values["RQ"]
+    __all__ = [*__all__, "RQ_QUEUES", "RQ"]
 # Only in celery mode: the CELERY_* settings and this app's retry settings for its tasks.
 _celery_names = [name for name in _values if name.startswith(("CELERY_", "BULK_EMAIL_CELERY_"))]
 globals().update({name: _values[name] for name in _celery_names})

@@ -254,3 +254,48 @@ def retry_failed_tasks(dry_run: bool = False) -> dict[str, int]:
         summary["retried"] += len(task_ids)
         logger.info("batch email requeued campaign=%s failed_tasks=%d", campaign.id, len(task_ids))
     return summary
+
+
+def queue_overview(timeout: float = 1.0) -> dict:
+    """Messages waiting in the broker's queues, what each live worker holds, the results' states.
+
+    For ``queue_status``: read-only. The queue depth comes from a passive
+    queue declaration (kombu asks the broker, Redis or RabbitMQ, without
+    creating anything; a Redis queue that is empty does not exist and counts
+    0). Reserved and scheduled tasks (countdowns: spaced batches, retries)
+    sit in the workers, not in the queue, so only ``inspect`` can count
+    them; ``timeout`` bounds the wait for workers that do not answer.
+    """
+    from celery import current_app
+    from django_celery_results.models import TaskResult
+    from kombu.exceptions import ChannelError
+
+    queues: dict[str, int] = {}
+    with current_app.connection_for_read() as connection:
+        channel = connection.default_channel
+        for name in (QUEUE, "default"):
+            try:
+                queues[name] = channel.queue_declare(queue=name, passive=True).message_count
+            except ChannelError:
+                queues[name] = 0
+                channel = connection.channel()  # AMQP closes a channel after NOT_FOUND
+    control = current_app.control
+    alive = control.ping(timeout=timeout) or []
+    names = sorted(name for reply in alive for name in reply)
+    workers = {name: {"active": 0, "reserved": 0, "scheduled": 0} for name in names}
+    if names:
+        inspect = control.inspect(destination=names, timeout=timeout, limit=len(names))
+        for key, method in (("active", inspect.active), ("reserved", inspect.reserved),
+                            ("scheduled", inspect.scheduled)):
+            for name, tasks in (method() or {}).items():
+                workers.setdefault(name, {"active": 0, "reserved": 0, "scheduled": 0})[key] = len(tasks)
+    results = TaskResult.objects.filter(task_name=SEND_BATCH)
+    return {
+        "queues": queues,
+        "workers": workers,
+        "results": {
+            "started": results.filter(status="STARTED").count(),
+            "retrying": results.filter(status="RETRY").count(),
+            "failed": results.filter(status="FAILURE").count(),
+        },
+    }

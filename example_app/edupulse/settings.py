@@ -112,20 +112,40 @@ TEMPLATES = [
 
 WSGI_APPLICATION = "edupulse.wsgi.application"
 
-# SQLite in WAL mode with IMMEDIATE transactions and a generous timeout:
-# several gunicorn/queue worker processes write to the same file, and this
-# makes them wait for the lock instead of failing with "database is locked".
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("DJANGO_SQLITE_PATH") or str(BASE_DIR / "db.sqlite3"),
-        "OPTIONS": {
-            "timeout": 20,
-            "transaction_mode": "IMMEDIATE",
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        },
+# PostgreSQL when DJANGO_DB_HOST is set: the one database that the web and
+# worker hosts of a multi-host deployment share (the ledger must be one).
+# Otherwise SQLite in WAL mode with IMMEDIATE transactions and a generous
+# timeout: several gunicorn/queue worker processes write to the same file,
+# and this makes them wait for the lock instead of failing with "database
+# is locked".
+if os.environ.get("DJANGO_DB_HOST"):
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.postgresql",
+            "HOST": os.environ["DJANGO_DB_HOST"],
+            "PORT": os.environ.get("DJANGO_DB_PORT", "5432"),
+            "NAME": os.environ.get("DJANGO_DB_NAME", "edupulse"),
+            "USER": os.environ.get("DJANGO_DB_USER", "edupulse"),
+            "PASSWORD": os.environ.get("DJANGO_DB_PASSWORD", ""),
+            # Reuse connections across requests and jobs; check them before use, so a
+            # restarted server costs one reconnect instead of a failed request.
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+            "OPTIONS": {"sslmode": os.environ.get("DJANGO_DB_SSLMODE", "prefer"), "connect_timeout": 10},
+        }
     }
-}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("DJANGO_SQLITE_PATH") or str(BASE_DIR / "db.sqlite3"),
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+        }
+    }
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -186,6 +186,31 @@ def test_crash_mid_batch_then_rerun_sends_nobody_twice(smtp, sleep):
     assert smtp.received() == {address: 1 for address in recipients}
 
 
+def test_two_executions_of_one_task_never_free_each_others_claims(smtp, sleep):
+    """A redelivered Celery task (or a retry of it) runs under the same task id as a copy that is
+    still sending. Each execution must hold claims of its own: if the copy that finishes first
+    released the claims by the shared name, a third execution could take the recipient that the
+    first is sending right now, and send it again."""
+    campaign = create_campaign("Hi", "Body", addresses(3))
+    ids = list(campaign.deliveries.order_by("pk").values_list("pk", flat=True))
+    connection = get_connection(fail_silently=False)
+    send_messages = connection.send_messages
+    nested: list = []
+
+    def send_while_two_copies_run(messages):
+        if not nested:  # while the first message is in flight
+            nested.append(send_deliveries(ids, sleep=sleep, runner="celery:task-1"))
+            nested.append(send_deliveries(ids, sleep=sleep, runner="celery:task-1"))
+        return send_messages(messages)
+
+    connection.send_messages = send_while_two_copies_run
+    send_deliveries(ids, connection, sleep=sleep, runner="celery:task-1")
+
+    assert smtp.received() == {address: 1 for address in addresses(3)}
+    assert [result.sent for result in nested] == [2, 0]
+    assert set(statuses(campaign).values()) == {"sent"}
+
+
 def test_persistent_outage_leaves_deliveries_pending_and_stops(smtp, settings, sleep):
     settings.BULK_EMAIL_MAX_ATTEMPTS = 3
     smtp.mail_replies = ["421 4.3.2 Service shutting down"] * 100

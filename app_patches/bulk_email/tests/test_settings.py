@@ -1,5 +1,6 @@
 """bulk_email.settings: defaults from the guide, and clear errors for bad values."""
 import importlib
+import ssl
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -140,6 +141,13 @@ def test_celery_mode_accepts_a_rabbitmq_broker_and_a_shorter_visibility_timeout(
     assert values["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] == 150
 
 
+def test_celery_mode_verifies_a_tls_redis_broker_and_leaves_plain_ones_alone():
+    """A rediss:// broker (Redis on another host) gets certificate checks; Celery refuses it without."""
+    tls = load({**CELERY_ENV, "BULK_EMAIL_CELERY_BROKER_URL": "rediss://celery:secret@10.0.0.5:6380/1"})
+    assert tls["CELERY_BROKER_USE_SSL"] == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert "CELERY_BROKER_USE_SSL" not in load(CELERY_ENV)
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -171,7 +179,7 @@ def test_star_import_exports_only_its_own_settings():
     # The test project runs in rq mode, so RQ_QUEUES is exported too.
     assert "EMAIL_HOST" not in bulk_settings.__all__
     assert "RQ_QUEUES" in bulk_settings.__all__
-    own = {"EMAIL_TIMEOUT", "RQ_QUEUES"}
+    own = {"EMAIL_TIMEOUT", "RQ_QUEUES", "RQ"}  # RQ: rqworker's worker class (rq_worker.py)
     assert all(name.startswith("BULK_EMAIL_") or name in own for name in bulk_settings.__all__)
     assert all(hasattr(bulk_settings, name) for name in bulk_settings.__all__)
 

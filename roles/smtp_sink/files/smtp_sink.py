@@ -23,12 +23,20 @@ the message, the sender died before recording it). No file means normal.
 AUTH is offered without TLS and any credentials are accepted; a client
 that does not log in is accepted too. Needs aiosmtpd (Debian/Ubuntu:
 python3-aiosmtpd).
+
+STARTTLS (--tls-cert and --tls-key, off without them): the server offers
+STARTTLS with that certificate and refuses MAIL FROM before it (530), so
+a client configured for TLS, like the app with EMAIL_USE_TLS, is proven
+to use it. The benchmarks (bench/) measure sending against this, because
+a real provider's port 587 costs a TLS handshake per connection and
+encryption per message.
 """
 import argparse
 import asyncio
 import mailbox
 import re
 import signal
+import ssl
 import threading
 from pathlib import Path
 
@@ -127,7 +135,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=2525)
     parser.add_argument("--maildir", type=Path, default=Path("/var/lib/smtp-sink/Maildir"))
     parser.add_argument("--fault-file", type=Path, default=Path("/run/smtp-sink/fault"))
-    return parser.parse_args()
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: offer and require STARTTLS.")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert.")
+    args = parser.parse_args()
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    return args
+
+
+def tls_parameters(cert: Path | None, key: Path | None) -> dict:
+    """aiosmtpd's STARTTLS options: none without a certificate, else offered and required.
+
+    Required, not just offered: a sink that also took plaintext would let a
+    client whose TLS setting is broken pass unnoticed.
+    """
+    if cert is None or key is None:
+        return {}
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return {"tls_context": context, "require_starttls": True}
 
 
 def main() -> None:
@@ -139,12 +165,14 @@ def main() -> None:
         port=args.port,
         authenticator=accept_any_login,
         auth_require_tls=False,
+        **tls_parameters(args.tls_cert, args.tls_key),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     controller.start()
-    print(f"smtp-sink listening on {args.host}:{args.port}, maildir {args.maildir}", flush=True)
+    tls = ", STARTTLS required" if args.tls_cert else ""
+    print(f"smtp-sink listening on {args.host}:{args.port}{tls}, maildir {args.maildir}", flush=True)
     try:
         stop.wait()
     finally:

@@ -2,6 +2,7 @@
 import json
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -161,3 +162,52 @@ def test_count_spans_a_restart_and_a_stopped_sink_refuses_connections(sink, tmp_
     assert count(sink["maildir"])["by_campaign"] == {
         "c-1": {"messages": 2, "unique_recipients": 2, "duplicates": []},
     }
+
+
+@pytest.fixture
+def tls_sink(tmp_path):
+    """The sink with STARTTLS, on a self-signed certificate for 127.0.0.1 as the role makes it."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    port = free_port()
+    maildir = tmp_path / "Maildir"
+    process = subprocess.Popen(
+        [sys.executable, str(SINK), "--host", "127.0.0.1", "--port", str(port),
+         "--maildir", str(maildir), "--fault-file", str(tmp_path / "fault"),
+         "--tls-cert", str(cert), "--tls-key", str(key)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        wait_for_port(port, process)
+        yield {"port": port, "maildir": maildir, "cert": cert}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_starttls_with_a_verified_certificate_is_accepted(tls_sink):
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = "office@school.test", "a@school.test", "Hi"
+    message["X-EduPulse-Campaign"] = "c-tls"
+    message.set_content("Body")
+    context = ssl.create_default_context(cafile=str(tls_sink["cert"]))  # verifies name and chain
+    with smtplib.SMTP("127.0.0.1", tls_sink["port"], timeout=5) as client:
+        client.starttls(context=context)
+        client.send_message(message)
+
+    assert count(tls_sink["maildir"])["by_campaign"]["c-tls"]["messages"] == 1
+
+
+def test_starttls_sink_refuses_plaintext_mail(tls_sink):
+    with smtplib.SMTP("127.0.0.1", tls_sink["port"], timeout=5) as client:
+        client.ehlo()
+        assert client.has_extn("starttls")
+        code, _ = client.mail("office@school.test")
+
+    assert code == 530
+    assert count(tls_sink["maildir"])["total"] == 0

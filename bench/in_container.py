@@ -1,0 +1,372 @@
+#!/usr/bin/python3
+"""The measuring half of the bench, run inside a deployed container by bench/run.py.
+
+    python3 in_container.py campaign --recipients 1000 --workers REGEX [--label L]
+    python3 in_container.py limit --recipients 1000
+    python3 in_container.py redis-memory --recipients 1000 --stop UNIT... [--db N]
+    python3 in_container.py startup
+
+Each subcommand prints one JSON object on its last line. Standard library only:
+it runs with the container's system python3, next to the deployed app and the
+SMTP sink, so nothing crosses a network and the clock is the sink's own.
+
+Why measured like this:
+* "accepted" is the Maildir file the sink wrote before answering 250
+  (smtp_sink.py), so first and last acceptance come from the server's side,
+  identical for the app and for the single-connection limit.
+* The limit is the same message to the same recipients through the same sink
+  with STARTTLS and the same trust store, from one plain smtplib client on one
+  reused connection: what one sender can get out of this server, with no
+  ledger, no queue and no Django.
+* Memory is sampled from /proc every 100 ms for the processes whose command
+  line matches --workers (the batch sender, the rq workers and their
+  work-horses, the celery worker and its children). RSS counts pages shared
+  between a parent and its forked children once per process; PSS splits
+  them, so the PSS sum is what the mode really costs and the RSS sum its
+  upper bound.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import smtplib
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+WORKDIR = Path("/tmp/edupulse-bench")  # readable by the app's user (edupulse-manage runs as it)
+HERE = Path(__file__).resolve().parent
+MAILDIR = Path("/var/lib/smtp-sink/Maildir")
+SUBJECT = "Term 3 timetable changes and parent-teacher interviews"
+SENDER = "EduPulse demo <noreply@edupulse.test>"
+SMTP_HOST, SMTP_PORT = "127.0.0.1", 2525
+
+
+def loadavg() -> list[float]:
+    """The 1, 5 and 15 minute load averages (the host's: containers share its kernel)."""
+    return [float(value) for value in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def recipients(count: int, tag: str) -> list[str]:
+    """Distinct addresses; the tag keeps campaigns apart in the sink's counts."""
+    return [f"student{number:04d}.{tag}@school.edupulse.test" for number in range(1, count + 1)]
+
+
+def clear_maildir() -> None:
+    """Start every measurement from an empty Maildir, so its files are this run's only."""
+    for sub in ("new", "cur", "tmp"):
+        for path in (MAILDIR / sub).glob("*"):
+            path.unlink()
+
+
+def maildir_times() -> list[int]:
+    """Modification times (ns) of the stored messages: when the sink accepted each one."""
+    return sorted(entry.stat().st_mtime_ns for entry in os.scandir(MAILDIR / "new"))
+
+
+def maildir_sizes() -> list[int]:
+    """Sizes of the stored messages (the sink adds two envelope headers to each)."""
+    return [entry.stat().st_size for entry in os.scandir(MAILDIR / "new")]
+
+
+def wait_for_messages(count: int, timeout: float) -> int:
+    """Poll the Maildir until ``count`` messages arrived (or the timeout); return how many did."""
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = sum(1 for _ in os.scandir(MAILDIR / "new"))
+        if seen >= count:
+            return seen
+        time.sleep(0.02)
+    return seen
+
+
+class MemorySampler(threading.Thread):
+    """Sum RSS and PSS of the processes matching a pattern, every ``interval`` s; keep the peaks."""
+
+    def __init__(self, pattern: str, interval: float = 0.1) -> None:
+        super().__init__(daemon=True)
+        self.pattern = re.compile(pattern)
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.peak_rss_kb = self.peak_pss_kb = self.peak_processes = self.samples = 0
+
+    @staticmethod
+    def _field(path: Path, name: str) -> int:
+        """One "Name:  N kB" line of a /proc status file, 0 if the process is gone."""
+        try:
+            for line in path.read_text().splitlines():
+                if line.startswith(name):
+                    return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
+
+    def matching(self) -> list[Path]:
+        """/proc entries of the processes to measure (never this sampler's own process)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if self.pattern.search(cmdline):
+                found.append(entry)
+        return found
+
+    def sample(self) -> tuple[int, int, int]:
+        """(RSS kB, PSS kB, processes) of the matching processes right now."""
+        processes = self.matching()
+        rss = sum(self._field(p / "status", "VmRSS:") for p in processes)
+        pss = sum(self._field(p / "smaps_rollup", "Pss:") for p in processes)
+        return rss, pss, len(processes)
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            rss, pss, count = self.sample()
+            self.peak_rss_kb = max(self.peak_rss_kb, rss)
+            self.peak_pss_kb = max(self.peak_pss_kb, pss)
+            self.peak_processes = max(self.peak_processes, count)
+            self.samples += 1
+            self.stopped.wait(self.interval)
+
+    def result(self) -> dict:
+        """Peaks in MiB, and how many samples they come from."""
+        self.stopped.set()
+        self.join(timeout=5)
+        return {
+            "peak_rss_mib": round(self.peak_rss_kb / 1024, 1),
+            "peak_pss_mib": round(self.peak_pss_kb / 1024, 1),
+            "peak_processes": self.peak_processes,
+            "memory_samples": self.samples,
+        }
+
+
+def manage(*args: str, timeout: float = 900) -> str:
+    """Run edupulse-manage (the operator's command, as the services run) and return stdout."""
+    result = subprocess.run(
+        ["edupulse-manage", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if result.returncode:
+        raise RuntimeError(f"edupulse-manage {' '.join(args)} failed: {result.stderr[-2000:]}")
+    return result.stdout
+
+
+def last_json(output: str) -> dict:
+    """The JSON summary line the project's commands print last."""
+    return json.loads([line for line in output.splitlines() if line.startswith("{")][-1])
+
+
+def write_inputs(count: int, tag: str) -> dict[str, Path]:
+    """Recipient list and bodies in a directory the app's user can read."""
+    WORKDIR.mkdir(mode=0o755, exist_ok=True)
+    files = {
+        "recipients": WORKDIR / f"recipients-{tag}.txt",
+        "body": WORKDIR / "message.txt",
+        "html": WORKDIR / "message.html",
+    }
+    files["recipients"].write_text("\n".join(recipients(count, tag)) + "\n")
+    for key, name in (("body", "message.txt"), ("html", "message.html")):
+        files[key].write_text((HERE / name).read_text())
+    for path in files.values():
+        path.chmod(0o644)
+    return files
+
+
+def submit(count: int, tag: str) -> tuple[dict, float, float]:
+    """Run send_campaign; return its summary, its start (epoch s) and how long it took."""
+    files = write_inputs(count, tag)
+    start = time.time()
+    output = manage(
+        "send_campaign", "--subject", SUBJECT, "--body-file", str(files["body"]),
+        "--html-file", str(files["html"]), "--recipients-file", str(files["recipients"]), "--json",
+    )
+    return last_json(output), start, time.time() - start
+
+
+def acceptance(start: float, count: int) -> dict:
+    """First/last acceptance after ``start`` and the two rates the README reports."""
+    times = maildir_times()
+    sizes = maildir_sizes()
+    if not times:
+        return {"accepted": 0}
+    first, last = times[0] / 1e9 - start, times[-1] / 1e9 - start
+    return {
+        "accepted": len(times),
+        "first_accept_s": round(first, 3),
+        "last_accept_s": round(last, 3),
+        # From the operator's Enter to the last 250: what a user of the mode waits.
+        "end_to_end_msg_per_s": round(count / last, 1) if last > 0 else None,
+        # Between the first and the last 250: the sending rate, start-up excluded.
+        "sending_msg_per_s": round((len(times) - 1) / (last - first), 1) if last > first else None,
+        "mean_message_bytes": round(sum(sizes) / len(sizes)),
+    }
+
+
+def duplicates(campaign_id: str) -> int:
+    """Recipients of the campaign the sink got more than once (must be 0)."""
+    counts = json.loads(subprocess.run(["smtp-sink-count"], capture_output=True, text=True, check=True).stdout)
+    return len(counts["by_campaign"].get(campaign_id, {}).get("duplicates", []))
+
+
+def cmd_campaign(args: argparse.Namespace) -> dict:
+    """One campaign through the deployed mode, with memory sampled until the last message."""
+    clear_maildir()
+    sampler = MemorySampler(args.workers)
+    idle = sampler.sample()
+    load = loadavg()
+    sampler.start()
+    summary, start, submit_s = submit(args.recipients, args.label or secrets.token_hex(3))
+    arrived = wait_for_messages(args.recipients, args.timeout)
+    memory = sampler.result()
+    status = last_json(manage("campaign_status", summary["id"], "--json"))
+    return {
+        "campaign": summary["id"], "recipients": args.recipients, "submit_s": round(submit_s, 3),
+        **acceptance(start, args.recipients), **memory,
+        "idle_rss_mib": round(idle[0] / 1024, 1), "idle_pss_mib": round(idle[1] / 1024, 1),
+        "idle_processes": idle[2], "arrived": arrived, "ledger": status,
+        "duplicates": duplicates(summary["id"]), "loadavg": load,
+    }
+
+
+def limit_messages(count: int, tag: str) -> list[tuple[str, bytes]]:
+    """The campaign's message once per recipient (text + HTML, as the app builds it), as bytes.
+
+    Built before the connection opens and outside the timing: the limit is
+    what the server and the protocol allow one connection, so the client
+    spends nothing but the sending on it, which makes it the strictest bar.
+    """
+    text, html = (HERE / "message.txt").read_text(), (HERE / "message.html").read_text()
+    campaign = f"limit-{tag}"
+    messages = []
+    for address in recipients(count, tag):
+        message = EmailMessage()
+        message["Subject"], message["From"], message["To"] = SUBJECT, SENDER, address
+        message["Date"] = formatdate(localtime=True)
+        message["Message-ID"] = make_msgid(domain="edupulse.test")
+        message["X-EduPulse-Campaign"] = campaign
+        message.set_content(text)
+        message.add_alternative(html, subtype="html")
+        messages.append((address, message.as_bytes(policy=SMTP)))
+    return messages
+
+
+def cmd_limit(args: argparse.Namespace) -> dict:
+    """The single-connection limit: one smtplib client, STARTTLS verified, one connection reused."""
+    clear_maildir()
+    load = loadavg()
+    messages = limit_messages(args.recipients, secrets.token_hex(3))
+    context = ssl.create_default_context()  # the system trust store, as Django's backend uses
+    start = time.time()
+    with smtplib.SMTP(SMTP_HOST, SMTP_PORT, timeout=60) as client:
+        client.starttls(context=context)
+        for address, content in messages:
+            client.sendmail("noreply@edupulse.test", [address], content)
+    client_s = time.time() - start
+    arrived = wait_for_messages(args.recipients, 60)
+    return {
+        "recipients": args.recipients, "client_s": round(client_s, 3),
+        **acceptance(start, args.recipients), "arrived": arrived, "loadavg": load,
+    }
+
+
+def redis_used_memory(db_keys: int) -> dict:
+    """used_memory of the Redis server and the key count of database ``db_keys``."""
+    info = subprocess.run(
+        ["redis-admin-cli", "INFO", "memory"], capture_output=True, text=True, check=True
+    ).stdout
+    used = int(re.search(r"^used_memory:(\d+)", info, re.MULTILINE).group(1))
+    keys = subprocess.run(
+        ["redis-admin-cli", "-n", str(db_keys), "DBSIZE"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    return {"used_memory": used, "keys": int(keys or 0)}
+
+
+def settled_memory(db: int) -> dict:
+    """used_memory once two readings a second apart agree within 1 KiB (clients gone)."""
+    previous = redis_used_memory(db)
+    for _ in range(10):
+        time.sleep(1)
+        current = redis_used_memory(db)
+        if abs(current["used_memory"] - previous["used_memory"]) < 1024:
+            return current
+        previous = current
+    return previous
+
+
+def systemctl(action: str, units: list[str]) -> None:
+    """Start or stop the given units (the workers) and wait for systemd to finish."""
+    subprocess.run(["systemctl", action, *units], check=True, timeout=900)
+
+
+def cmd_redis_memory(args: argparse.Namespace) -> dict:
+    """Redis memory per queued email: submit with the workers stopped, read used_memory, drain."""
+    systemctl("stop", args.stop)
+    try:
+        clear_maildir()
+        before = settled_memory(args.db)
+        summary, start, submit_s = submit(args.recipients, secrets.token_hex(3))
+        after = settled_memory(args.db)
+    finally:
+        systemctl("start", args.start or args.stop)
+    arrived = wait_for_messages(args.recipients, args.timeout)
+    grown = after["used_memory"] - before["used_memory"]
+    return {
+        "campaign": summary["id"], "recipients": args.recipients,
+        "submit_s_workers_stopped": round(submit_s, 3), "before": before, "after": after,
+        "bytes_per_email": round(grown / args.recipients, 1),
+        "drain_from_full_queue": acceptance(start, args.recipients), "arrived": arrived,
+    }
+
+
+def cmd_startup(args: argparse.Namespace) -> dict:
+    """The fixed cost in every submit: edupulse-manage starting Django and exiting."""
+    runs = []
+    for _ in range(args.repeat):
+        start = time.time()
+        manage("version")
+        runs.append(time.time() - start)
+    return {"manage_version_s": round(min(runs), 3), "runs": [round(r, 3) for r in runs]}
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    campaign = sub.add_parser("campaign")
+    campaign.add_argument("--workers", required=True, help="regex of the sending processes' command lines")
+    campaign.add_argument("--label")
+    limit = sub.add_parser("limit")
+    redis = sub.add_parser("redis-memory")
+    redis.add_argument("--stop", nargs="+", required=True, help="units to stop while submitting")
+    redis.add_argument("--start", nargs="*", help="units to start afterwards (default: --stop)")
+    redis.add_argument("--db", type=int, default=0, help="database whose keys are reported")
+    startup = sub.add_parser("startup")
+    startup.add_argument("--repeat", type=int, default=3)
+    for command in (campaign, limit, redis, startup):
+        command.add_argument("--recipients", type=int, default=1000)
+        command.add_argument("--timeout", type=float, default=900)
+    return parser.parse_args(argv)
+
+
+COMMANDS = {"campaign": cmd_campaign, "limit": cmd_limit, "redis-memory": cmd_redis_memory, "startup": cmd_startup}
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    print(json.dumps(COMMANDS[args.command](args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

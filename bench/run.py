@@ -1,0 +1,510 @@
+#!/usr/bin/env python3
+"""Benchmarks of the three queue modes on deployed containers (`make bench`; not a test).
+
+    .venv/bin/python bench/run.py [--modes batch,rq,celery] [--recipients 1000] [--keep]
+
+For each mode: a fresh container bench-<mode> from the local systemd image
+(the flags of .config/molecule/config.yml), deployed with the project's own
+site.yml and bench/inventory/<mode>.yml (the demo's group_vars plus
+bench/vars.yml: the SMTP sink requires STARTTLS and the app verifies it).
+The first converge from the bare image and the idempotent second run are
+timed (the three modes converge side by side to save time; the machine is
+shared, so the load averages are recorded with every number). Then, one mode
+and one setting at a time, re-deployed with the setting's -e variables:
+
+* the single-connection limit (bench/in_container.py limit), measured at
+  the start and at the end of each mode's block;
+* a 20-recipient warm-up campaign, then a 1,000-recipient campaign:
+  submit latency (the operator's `edupulse-manage send_campaign`), first
+  and last acceptance by the sink, rates, peak memory of the senders;
+* rq and celery: Redis memory per queued email (workers stopped).
+
+Results: bench/results/<UTC time>.json and .md, and latest.json/latest.md;
+ansible logs in .cache/bench/. The containers are removed at the end unless
+--keep.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results"
+LOGS = REPO / ".cache" / "bench"
+IMAGE = os.environ.get("EDUPULSE_BENCH_IMAGE", "edupulse/debian12-systemd:r3")
+CACHE = Path(os.environ.get("EDUPULSE_CACHE_DIR", "/var/cache/edupulse"))
+IN_CONTAINER = "/root/edupulse-bench"
+PYTHON_RE = r"^\S*python[0-9.]*\s"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration of a mode, deployed with these -e variables."""
+
+    name: str
+    variables: dict
+    # Measure Redis memory per queued email with this setting (rq and celery).
+    redis_memory: bool = False
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A queue mode, its settings, and how to find its sending processes."""
+
+    name: str
+    settings: list[Setting]
+    workers: str  # regex of the senders' command lines (in_container.py --workers)
+    stop_units: list[str] = field(default_factory=list)  # stopped for the Redis measurement
+    redis_db: int = 0
+
+
+# rq and celery: batches of 20 (the guide's) with no spacing, so the worker count is what
+# varies; the guide's 0.5 s spacing would cap any number of workers at 40 msg/s.
+QUEUED = {"edupulse_app_batch_size": 20, "edupulse_app_batch_delay": 0}
+MODES = {
+    "batch": Mode(
+        "batch",
+        [
+            Setting("guide 20/0.5 s", {"edupulse_app_batch_size": 20, "edupulse_app_batch_delay": 0.5}),
+            Setting("tuned 50/0.1 s", {"edupulse_app_batch_size": 50, "edupulse_app_batch_delay": 0.1}),
+            Setting("50/0 s", {"edupulse_app_batch_size": 50, "edupulse_app_batch_delay": 0}),
+        ],
+        workers=PYTHON_RE + r".*manage\.py send_campaign",
+    ),
+    "rq": Mode(
+        "rq",
+        [
+            Setting(f"{n} worker{'s' if n > 1 else ''}", {**QUEUED, "rqworker_processes": n}, redis_memory=n == 2)
+            for n in (1, 2, 4)
+        ],
+        workers=PYTHON_RE + r".*manage\.py rqworker",
+        stop_units=["edupulse-rqworker@*.service", "edupulse-rq-maintenance.timer"],
+        redis_db=0,
+    ),
+    "celery": Mode(
+        "celery",
+        [
+            Setting(f"concurrency {n}", {**QUEUED, "celery_concurrency": n}, redis_memory=n == 2)
+            for n in (1, 2, 4)
+        ],
+        workers=PYTHON_RE + r".*celery.* worker ",
+        stop_units=["edupulse-celery.service", "edupulse-celerybeat.service"],
+        redis_db=1,
+    ),
+}
+
+
+def log(message: str) -> None:
+    """Progress on stderr, so a long run shows where it is."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run(command: list[str], **options) -> subprocess.CompletedProcess:
+    """Run a command, failing loudly with its output."""
+    result = subprocess.run(command, capture_output=True, text=True, **options)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)}: rc={result.returncode}\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    return result
+
+
+def loadavg() -> list[float]:
+    """The machine's load averages now (uptime's three numbers)."""
+    return [float(value) for value in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+class LoadRecorder(threading.Thread):
+    """Load averages every 10 s for the whole run: the machine is shared with other jobs."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[list[float]] = []
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            self.samples.append(loadavg())
+            self.stopped.wait(10)
+
+    def summary(self) -> dict:
+        """Min, mean and max of the 1-minute load over the run."""
+        self.stopped.set()
+        ones = [sample[0] for sample in self.samples] or [0.0]
+        return {"load1_min": min(ones), "load1_mean": round(sum(ones) / len(ones), 2),
+                "load1_max": max(ones), "samples": len(ones)}
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.MULTILINE)
+    memory = re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.MULTILINE)
+    return {
+        "cpus": os.cpu_count(), "cpu_model": model.group(1) if model else platform.processor(),
+        "memory_gib": round(int(memory.group(1)) / 2**20, 1) if memory else None,
+        "kernel": platform.release(), "image": IMAGE,
+        "docker": run(["docker", "version", "--format", "{{.Server.Version}}"]).stdout.strip(),
+    }
+
+
+# --- Containers ------------------------------------------------------------------------------
+
+
+def container(mode: str) -> str:
+    return f"bench-{mode}"
+
+
+def create_container(mode: str) -> None:
+    """A bare systemd container, as Molecule creates one (.config/molecule/config.yml)."""
+    name = container(mode)
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    apt_cache = CACHE / f"apt-bench-{mode}"
+    for path in (apt_cache, CACHE / "pip"):
+        path.mkdir(parents=True, exist_ok=True)
+    run([
+        "docker", "run", "-d", "--name", name, "--hostname", name,
+        "--cap-add", "SYS_ADMIN", "--security-opt", "seccomp=unconfined",
+        "--security-opt", "apparmor=unconfined", "--cgroupns=host",
+        "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+        "-v", f"{apt_cache}:/var/cache/apt/archives:rw", "-v", f"{CACHE / 'pip'}:/root/.cache/pip:rw",
+        IMAGE, "/sbin/init",
+    ])
+    deadline, state = time.monotonic() + 300, ""
+    while state not in ("running", "degraded") and time.monotonic() < deadline:
+        # Right after `docker run` systemd's bus may not answer yet: ask again.
+        state = subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                               capture_output=True, text=True, timeout=300, check=False).stdout.strip()
+        if state not in ("running", "degraded"):
+            time.sleep(1)
+    if state not in ("running", "degraded"):
+        raise RuntimeError(f"{name}: systemd is {state!r}")
+
+
+def in_container(mode: str, *args: str, timeout: float = 1800) -> dict:
+    """Run bench/in_container.py in the mode's container and return its JSON line."""
+    output = run(["docker", "exec", container(mode), "python3", f"{IN_CONTAINER}/in_container.py", *args],
+                 timeout=timeout).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def copy_driver(mode: str) -> None:
+    """Put the measuring script and the message into the container."""
+    run(["docker", "exec", container(mode), "mkdir", "-p", IN_CONTAINER])
+    for name in ("in_container.py", "message.txt", "message.html"):
+        run(["docker", "cp", str(BENCH / name), f"{container(mode)}:{IN_CONTAINER}/{name}"])
+
+
+def shell(mode: str, script: str) -> str:
+    """A shell snippet inside the container (for reading the deployed configuration)."""
+    return run(["docker", "exec", container(mode), "sh", "-c", script]).stdout.strip()
+
+
+# --- Ansible ---------------------------------------------------------------------------------
+
+
+def playbook_command(mode: str, setting: Setting) -> list[str]:
+    """site.yml as an operator runs it, with the bench inventory and the setting's variables."""
+    return [
+        str(REPO / ".venv/bin/ansible-playbook"), "site.yml", "-i", f"bench/inventory/{mode}.yml",
+        "-e", f"queue_mode={mode}", "-e", "@bench/vars.yml", "-e", json.dumps(setting.variables),
+    ]
+
+
+def ansible_env() -> dict:
+    """The Makefile's environment, with a fact cache of the bench's own (cleared per fresh host)."""
+    env = dict(os.environ)
+    env.update({
+        "PATH": f"{REPO / '.venv/bin'}:{env.get('PATH', '')}", "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(LOGS / "facts"), "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0", "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    return env
+
+
+def recap(log_text: str, host: str) -> dict:
+    """ok/changed/failed counts of the PLAY RECAP line of ``host``."""
+    match = re.search(rf"^{re.escape(host)}\s*:\s*(.*)$", log_text, re.MULTILINE)
+    if not match:
+        return {}
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def start_playbook(mode: str, setting: Setting, label: str) -> tuple[subprocess.Popen, float, Path]:
+    """Start site.yml in the background; return the process, its start and its log file."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    log_file = LOGS / f"{mode}-{label}.log"
+    handle = log_file.open("w")
+    process = subprocess.Popen(playbook_command(mode, setting), cwd=REPO, env=ansible_env(),
+                               stdout=handle, stderr=subprocess.STDOUT)
+    return process, time.monotonic(), log_file
+
+
+def finish_playbook(mode: str, started: tuple[subprocess.Popen, float, Path]) -> dict:
+    """Wait for a playbook run; its wall time, recap, load and log (and "failed" if it did)."""
+    process, start, log_file = started
+    returncode = process.wait()
+    seconds = time.monotonic() - start
+    result = {"seconds": round(seconds, 1), "recap": recap(log_file.read_text(), container(mode)),
+              "loadavg": loadavg(), "log": str(log_file.relative_to(REPO))}
+    if returncode:
+        result["failed"] = f"site.yml for {mode} failed (rc={returncode}); see {log_file}"
+        log(result["failed"])
+    return result
+
+
+def converge(modes: list[str], setting_of: dict[str, Setting], label: str) -> dict[str, dict]:
+    """Run site.yml for several modes side by side (each its own container and inventory)."""
+    started = {mode: start_playbook(mode, setting_of[mode], label) for mode in modes}
+    return {mode: finish_playbook(mode, started[mode]) for mode in modes}
+
+
+# --- Measurements ----------------------------------------------------------------------------
+
+
+def deployed(mode: str) -> dict:
+    """What is really deployed: the env file's batch settings, TLS, workers (keeps us honest)."""
+    env = shell(mode, "grep -E '^(BULK_EMAIL_BATCH_SIZE|BULK_EMAIL_BATCH_DELAY|EMAIL_USE_TLS|EMAIL_HOST|"
+                      "EMAIL_PORT|BULK_EMAIL_DAILY_QUOTA)=' /etc/edupulse/edupulse.env")
+    facts: dict = dict(line.replace('"', "").split("=", 1) for line in env.splitlines())
+    facts["sink_starttls"] = "--tls-cert" in shell(mode, "systemctl show -p ExecStart smtp-sink")
+    if mode == "rq":
+        facts["rq_workers_running"] = int(shell(
+            mode, "systemctl list-units 'edupulse-rqworker@*' --state=running --no-legend | wc -l"))
+    if mode == "celery":
+        exec_start = shell(mode, "systemctl show -p ExecStart edupulse-celery")
+        facts["celery_concurrency"] = int(re.search(r"--concurrency=(\d+)", exec_start).group(1))
+    return facts
+
+
+def wait_for_workers(mode: str, setting: Setting) -> None:
+    """After a re-deploy, wait until the mode's worker processes are all up."""
+    expected = {"rq": setting.variables.get("rqworker_processes", 0),
+                "celery": 1 + setting.variables.get("celery_concurrency", 0)}.get(mode, 0)
+    deadline = time.monotonic() + 120
+    pattern = re.compile(MODES[mode].workers)
+    while expected and time.monotonic() < deadline:
+        processes = run(["docker", "exec", container(mode), "ps", "-eo", "args="]).stdout.splitlines()
+        if sum(1 for line in processes if pattern.search(line)) >= expected:
+            break
+        time.sleep(1)
+    time.sleep(3)  # celery's children announce themselves; rq workers register in Redis
+
+
+def units_to_start(mode: Mode, setting: Setting) -> list[str]:
+    """The stopped units by name (a pattern only matches units systemd still has loaded)."""
+    if mode.name == "rq":
+        instances = [f"edupulse-rqworker@{n}.service" for n in range(1, setting.variables["rqworker_processes"] + 1)]
+        return [*instances, "edupulse-rq-maintenance.timer"]
+    return list(mode.stop_units)
+
+
+def measure_setting(mode: Mode, setting: Setting, recipients: int) -> dict:
+    """Warm-up, then the measured campaign (and Redis memory) of one deployed setting."""
+    log(f"{mode.name} / {setting.name}: warm-up and {recipients}-recipient campaign")
+    in_container(mode.name, "campaign", "--recipients", "20", "--workers", mode.workers)
+    # The limit right before the campaign: the machine is shared and its load moves within minutes.
+    result = {"setting": setting.name, "variables": setting.variables, "deployed": deployed(mode.name),
+              "limit": in_container(mode.name, "limit", "--recipients", str(recipients)),
+              "campaign": in_container(mode.name, "campaign", "--recipients", str(recipients),
+                                       "--workers", mode.workers)}
+    if setting.redis_memory:
+        log(f"{mode.name} / {setting.name}: Redis memory per queued email")
+        result["redis_memory"] = in_container(
+            mode.name, "redis-memory", "--recipients", str(recipients), "--db", str(mode.redis_db),
+            "--stop", *mode.stop_units, "--start", *units_to_start(mode, setting))
+    return result
+
+
+def measure_mode(mode: Mode, recipients: int, reconfigure: dict) -> dict:
+    """All settings of one mode, each re-deployed and measured with its own limit run."""
+    copy_driver(mode.name)
+    block: dict = {"startup": in_container(mode.name, "startup"), "settings": []}
+    for index, setting in enumerate(mode.settings):
+        if index:
+            log(f"{mode.name}: re-deploying for {setting.name}")
+            redeploy = converge([mode.name], {mode.name: setting}, f"setting{index + 1}")[mode.name]
+            reconfigure[f"{mode.name} {setting.name}"] = redeploy
+            if "failed" in redeploy:
+                raise RuntimeError(redeploy["failed"])
+        wait_for_workers(mode.name, setting)
+        block["settings"].append(measure_setting(mode, setting, recipients))
+    return block
+
+
+# --- Report ----------------------------------------------------------------------------------
+
+
+def rows(results: dict) -> list[dict]:
+    """One row per mode and setting; rates also as a ratio to the limit measured just before."""
+    table = []
+    for mode, block in results["modes"].items():
+        limits = [entry["limit"] for entry in block["settings"]]
+        rates = [limit["sending_msg_per_s"] for limit in limits]
+        table.append({"mode": "smtplib, 1 connection", "setting": f"limit in bench-{mode} (min-max)",
+                      "submit_s": None, "last_accept_s": max(limit["last_accept_s"] for limit in limits),
+                      "sending": f"{round(sum(rates) / len(rates), 1)} ({min(rates)}-{max(rates)})",
+                      "end_to_end": None, "ratio": 1.0, "ratio_e2e": None, "pss": None, "rss": None,
+                      "redis": None, "load": max(limit["loadavg"][0] for limit in limits)})
+        for entry in block["settings"]:
+            run_, limit = entry["campaign"], entry["limit"]["sending_msg_per_s"]
+            table.append({
+                "mode": mode, "setting": entry["setting"], "submit_s": run_["submit_s"],
+                "last_accept_s": run_["last_accept_s"], "sending": run_["sending_msg_per_s"],
+                "end_to_end": run_["end_to_end_msg_per_s"],
+                "ratio": round(run_["sending_msg_per_s"] / limit, 2),
+                "ratio_e2e": round(run_["end_to_end_msg_per_s"] / limit, 2),
+                "pss": run_["peak_pss_mib"], "rss": run_["peak_rss_mib"],
+                "redis": entry.get("redis_memory", {}).get("bytes_per_email"),
+                "load": run_["loadavg"][0], "sent": run_["ledger"]["sent"], "dup": run_["duplicates"],
+            })
+    return table
+
+
+def cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def markdown(results: dict) -> str:
+    """The README's table, and the Ansible timings, as Markdown."""
+    lines = [
+        f"Run {results['started']} on {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
+        f"{results['recipients']} recipients, message {results['message_bytes']} bytes as stored; "
+        f"load average (1 min) during the run {results['load']['load1_min']}-{results['load']['load1_max']} "
+        f"(mean {results['load']['load1_mean']}).",
+        "",
+        "| mode | setting | submit s | last 250 at s | msg/s (first to last 250) | x limit | msg/s end to end | "
+        "x limit end to end | peak PSS MiB (RSS) | Redis B/email | load 1 min |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows(results):
+        memory = f"{row['pss']} ({row['rss']})" if row["pss"] is not None else "-"
+        lines.append(
+            f"| {row['mode']} | {row['setting']} | {cell(row['submit_s'])} | {cell(row['last_accept_s'])} | "
+            f"{cell(row['sending'])} | {cell(row['ratio'])} | {cell(row['end_to_end'])} | {cell(row['ratio_e2e'])} | "
+            f"{memory} | {cell(row['redis'])} | {row['load']} |")
+    lines += ["", "| mode | first converge s (changed) | second run s (changed) | second/first | re-deploys s |",
+              "| --- | --- | --- | --- | --- |"]
+    for mode, times in results["ansible"].items():
+        first, second = times["first"], times["second"]
+        redeploys = ", ".join(f"{v['seconds']}" for k, v in results["reconfigure"].items() if k.startswith(mode + " "))
+        lines.append(f"| {mode} | {first['seconds']} ({first['recap'].get('changed')}) | "
+                     f"{second['seconds']} ({second['recap'].get('changed')}) | "
+                     f"{second['seconds'] / first['seconds']:.2f} | {redeploys or '-'} |")
+    lines.append("")
+    for mode, block in results["modes"].items():
+        lines.append(f"- {mode}: `edupulse-manage version` (start-up alone) {block['startup']['manage_version_s']} s")
+    for mode, error in results["errors"].items():
+        lines.append(f"- {mode} FAILED: {error.splitlines()[0] if error else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict) -> Path:
+    """bench/results/<time>.json and .md, and latest.* pointing at the same content."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / results["started"].replace(":", "")
+    text = json.dumps(results, indent=2, sort_keys=True) + "\n"
+    for path in (stem.with_suffix(".json"), RESULTS / "latest.json"):
+        path.write_text(text)  # first: the raw numbers survive a bug in the table below
+    table = markdown(results)
+    for path in (stem.with_suffix(".md"), RESULTS / "latest.md"):
+        path.write_text(table)
+    return stem.with_suffix(".md")
+
+
+# --- Main ------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--modes", default="batch,rq,celery", help="comma-separated subset of batch,rq,celery")
+    parser.add_argument("--recipients", type=int, default=1000)
+    parser.add_argument("--keep", action="store_true", help="leave the bench-<mode> containers running")
+    parser.add_argument("--settings", default="",
+                        help="comma-separated setting names to run (e.g. '50/0 s,2 workers'); default all")
+    args = parser.parse_args(argv)
+    args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = set(args.modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    args.settings = {name.strip() for name in args.settings.split(",") if name.strip()}
+    return args
+
+
+def selected(mode: Mode, names: set[str]) -> Mode:
+    """The mode with only the named settings (all of them when none are named)."""
+    chosen = [setting for setting in mode.settings if not names or setting.name in names]
+    if not chosen:
+        raise SystemExit(f"--settings names none of {mode.name}'s: {', '.join(s.name for s in mode.settings)}")
+    return Mode(mode.name, chosen, mode.workers, mode.stop_units, mode.redis_db)
+
+
+def preflight() -> None:
+    """Refuse early, with the fix, when the engine, the image or the venv is missing."""
+    if not (REPO / ".venv/bin/ansible-playbook").exists():
+        raise SystemExit("no .venv: run `make setup` first")
+    if subprocess.run(["docker", "info"], capture_output=True, check=False).returncode:
+        raise SystemExit("no Docker engine answers: run `make images` first")
+    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, check=False).returncode:
+        raise SystemExit(f"image {IMAGE} is missing: run `make images` first")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    modes = {mode: selected(MODES[mode], args.settings) for mode in args.modes}
+    preflight()
+    load = LoadRecorder()
+    load.start()
+    results: dict = {
+        "started": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "recipients": args.recipients,
+        "machine": machine(), "load_at_start": loadavg(), "ansible": {}, "reconfigure": {}, "modes": {}, "errors": {},
+    }
+    try:
+        log(f"creating containers for {', '.join(args.modes)}")
+        for mode in args.modes:
+            create_container(mode)
+            (LOGS / "facts" / container(mode)).unlink(missing_ok=True)  # a fresh host gathers facts
+        first_setting = {mode: modes[mode].settings[0] for mode in args.modes}
+        log("first converge from the bare image (modes side by side)")
+        first = converge(args.modes, first_setting, "converge1")
+        log("second run (idempotence)")
+        second = converge(args.modes, first_setting, "converge2")
+        results["ansible"] = {mode: {"first": first[mode], "second": second[mode]} for mode in args.modes}
+        for mode in args.modes:
+            if "failed" in first[mode] or "failed" in second[mode]:
+                results["errors"][mode] = first[mode].get("failed") or second[mode]["failed"]
+                continue
+            try:
+                results["modes"][mode] = measure_mode(modes[mode], args.recipients, results["reconfigure"])
+            except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+                results["errors"][mode] = str(exc)[-3000:]  # the other modes still run
+                log(f"{mode} failed: {str(exc)[-500:]}")
+    finally:
+        results["load"] = load.summary()
+        results["load_at_end"] = loadavg()
+        if not args.keep:
+            for mode in args.modes:
+                subprocess.run(["docker", "rm", "-f", container(mode)], capture_output=True, check=False)
+        if results["modes"]:
+            any_block = next(iter(results["modes"].values()))
+            results["message_bytes"] = any_block["settings"][0]["campaign"].get("mean_message_bytes") if any_block["settings"] else None
+            report = write_results(results)
+            print(report.read_text())
+            log(f"results: {report} and {report.with_suffix('.json')}")
+        else:
+            (LOGS / "partial.json").parent.mkdir(parents=True, exist_ok=True)
+            (LOGS / "partial.json").write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

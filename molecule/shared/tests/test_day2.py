@@ -1,0 +1,145 @@
+"""Day-2 playbooks that hold in every queue mode: status.yml and logs.yml, run for real.
+
+Both are read-only: they must succeed with changed=0, also with --check, and refuse a bad
+mode before running anything. Their numbers are checked against what the test itself did: a
+small campaign delivered, one refused by the SMTP sink (550), and the app's own ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from day2_helpers import (
+    assert_ok_and_unchanged,
+    assert_refused,
+    container_now,
+    flat,
+    run_playbook,
+    submit_in_unit,
+)
+from e2e_helpers import (
+    MANAGE,
+    assert_delivered_exactly_once,
+    campaign_status,
+    clear_sink_fault,
+    last_json_line,
+    set_sink_fault,
+    start_campaign,
+    wait_for,
+    wait_until_settled,
+)
+from test_nginx import queue_mode
+
+MAIL_LOG = "/usr/local/bin/edupulse-mail-log"
+
+
+def queue_report(host) -> dict:
+    return last_json_line(host.check_output(f"{MANAGE} queue_status --json"))
+
+
+def uses_redis(host) -> bool:
+    env = host.file("/etc/edupulse/edupulse.env").content_string
+    return queue_mode(host) == "rq" or 'BULK_EMAIL_CELERY_BROKER_URL="redis' in env
+
+
+def test_status_summarises_the_deployment_and_changes_nothing(host):
+    campaign = start_campaign(host, 5, subject="Day-2 status")
+    assert_delivered_exactly_once(host, campaign, 5)
+    report = queue_report(host)
+    mode = queue_mode(host)
+
+    result = run_playbook(host, "status.yml")
+
+    assert_ok_and_unchanged(result, host)
+    out = flat(result.stdout)
+    ledger = report["ledger"]
+    assert f"mode: {mode}" in out and "from /etc/ansible/facts.d/edupulse.fact" in out, out[-3000:]
+    assert ledger["sent"] >= 5 and ledger["last_sent_at"], ledger
+    assert f"ledger: {ledger['campaigns']} campaigns, sent={ledger['sent']} failed={ledger['failed']}" in out
+    assert f"last successful send: {ledger['last_sent_at']};" in out
+    assert "units FAILED" not in out
+    assert "edupulse-gunicorn.service=active/running" in out
+    if mode in ("rq", "celery"):
+        workers = re.search(r"workers alive \(units running\): (\d+) of (\d+)", out)
+        assert workers and int(workers.group(1)) == int(workers.group(2)) >= 1, out[-3000:]
+    if mode == "rq":
+        assert "rq queue email: queued=" in out and "rq workers registered: " in out
+    if mode == "celery":
+        answering = re.search(r"celery workers answering: (\d+)", out)
+        assert answering and int(answering.group(1)) >= 1, out[-3000:]
+        assert "celery tasks (django-celery-results): started=" in out
+    if uses_redis(host):
+        assert "maxmemory=256.00M" in out and "policy=noeviction" in out, out[-3000:]
+        assert "aof_enabled=1" in out and "rdb_last_bgsave_status=ok" in out, out[-3000:]
+        assert re.search(r"last save: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", out), out[-3000:]
+    else:
+        assert "redis:" not in out
+
+
+def test_status_works_in_check_mode(host):
+    result = run_playbook(host, "status.yml", check=True)
+
+    assert_ok_and_unchanged(result, host)
+    assert f"mode: {queue_mode(host)}" in flat(result.stdout)
+    assert "ledger: " in flat(result.stdout)
+
+
+def test_status_refuses_an_unknown_or_contradicting_mode_before_running_anything(host):
+    unknown = run_playbook(host, "status.yml", "queue_mode=bogus")
+    assert_refused(unknown, "queue_mode must be one of batch, rq, celery (got 'bogus')")
+    assert "TASK [edupulse_app" not in unknown.stdout
+
+    other = next(mode for mode in ("batch", "rq", "celery") if mode != queue_mode(host))
+    contradicting = run_playbook(host, "status.yml", f"queue_mode={other}")
+    assert_refused(contradicting, f"queue_mode={other} was given, but {host.backend.host} runs {queue_mode(host)} mode")
+    assert "TASK [edupulse_app" not in contradicting.stdout
+
+
+def mail_log(host, since: int, until: int, campaign: str) -> dict:
+    out = host.check_output(f"{MAIL_LOG} --since @{since} --until @{until} --campaign {campaign} --json")
+    return json.loads(out)["by_campaign"].get(campaign, {})
+
+
+def test_logs_count_the_sent_and_failed_emails_of_a_time_range(host):
+    since = container_now(host)
+    set_sink_fault(host, "550")  # every message refused for good: failed, never retried
+    try:
+        refused = submit_in_unit(host, 3, "Day-2 logs, refused")
+        status = wait_until_settled(host, refused, timeout=180)
+    finally:
+        clear_sink_fault(host)
+    assert (status["sent"], status["failed"], status["pending"]) == (0, 3, 0), status
+    # The batch line is written right after the ledger: wait for it (bounded).
+    assert wait_for(lambda: mail_log(host, since, container_now(host) + 1, refused).get("failed") == 3, timeout=60)
+    middle = container_now(host)
+    time.sleep(1.5)  # the next campaign's lines are logged in a later second than `middle`
+    delivered = submit_in_unit(host, 5, "Day-2 logs, delivered")
+    assert_delivered_exactly_once(host, delivered, 5)
+    assert wait_for(lambda: mail_log(host, since, container_now(host) + 1, delivered).get("sent") == 5, timeout=60)
+    until = container_now(host) + 1
+
+    both = run_playbook(host, "logs.yml", f"logs_since=@{since}", f"logs_until=@{until}")
+    first = run_playbook(host, "logs.yml", f"logs_since=@{since}", f"logs_until=@{middle}")
+
+    assert_ok_and_unchanged(both, host)
+    out = flat(both.stdout)
+    assert f"{queue_mode(host)} mode logs to journald: " in out, out[-3000:]
+    assert f"campaign {refused}: sent=0 failed=3 deferred=0" in out, out[-3000:]
+    assert f"campaign {delivered}: sent=5 failed=0 deferred=0" in out, out[-3000:]
+    totals = re.search(r"sent=(\d+) failed=(\d+) deferred=\d+ \(left for a retry\)", out)
+    assert totals and int(totals.group(1)) >= 5 and int(totals.group(2)) >= 3, out[-3000:]
+    assert_ok_and_unchanged(first, host)
+    assert f"campaign {refused}: sent=0 failed=3" in flat(first.stdout)
+    assert delivered not in first.stdout  # logged after the end of the range
+    # The ledger agrees with the journal.
+    assert (campaign_status(host, delivered)["sent"], campaign_status(host, refused)["failed"]) == (5, 3)
+
+
+def test_logs_work_in_check_mode_and_refuse_a_bad_range(host):
+    assert_ok_and_unchanged(run_playbook(host, "logs.yml", '{"logs_since": "10 minutes ago"}', check=True), host)
+
+    refused = run_playbook(host, "logs.yml", '{"logs_since": "the day before never"}')
+    assert_refused(refused, "edupulse-mail-log: journalctl failed:")
+    assert "the day before never" in refused.stdout
