@@ -2,6 +2,7 @@
 """Benchmarks of the three queue modes on deployed containers (`make bench`; not a test).
 
     .venv/bin/python bench/run.py [--modes batch,rq,celery] [--recipients 1000] [--keep]
+                                  [--settings '50/0 s,2 workers'] [--measure-only]
 
 For each mode: a fresh container bench-<mode> from the local systemd image
 (the flags of .config/molecule/config.yml), deployed with the project's own
@@ -21,7 +22,9 @@ and one setting at a time, re-deployed with the setting's -e variables:
 
 Results: bench/results/<UTC time>.json and .md, and latest.json/latest.md;
 ansible logs in .cache/bench/. The containers are removed at the end unless
---keep.
+--keep. --measure-only measures kept containers again as they are deployed
+(one --settings name per mode), without creating or converging anything.
+No number is asserted: on a shared machine a threshold would only be flaky.
 """
 from __future__ import annotations
 
@@ -394,7 +397,7 @@ def markdown(results: dict) -> str:
             f"{memory} | {cell(row['redis'])} | {row['load']} |")
     lines += ["", "| mode | first converge s (changed) | second run s (changed) | second/first | re-deploys s |",
               "| --- | --- | --- | --- | --- |"]
-    for mode, times in results["ansible"].items():
+    for mode, times in results["ansible"].items():  # empty with --measure-only
         first, second = times["first"], times["second"]
         redeploys = ", ".join(f"{v['seconds']}" for k, v in results["reconfigure"].items() if k.startswith(mode + " "))
         lines.append(f"| {mode} | {first['seconds']} ({first['recap'].get('changed')}) | "
@@ -429,6 +432,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--modes", default="batch,rq,celery", help="comma-separated subset of batch,rq,celery")
     parser.add_argument("--recipients", type=int, default=1000)
     parser.add_argument("--keep", action="store_true", help="leave the bench-<mode> containers running")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="measure the kept containers as deployed (one setting per mode), no converge")
     parser.add_argument("--settings", default="",
                         help="comma-separated setting names to run (e.g. '50/0 s,2 workers'); default all")
     args = parser.parse_args(argv)
@@ -458,6 +463,16 @@ def preflight() -> None:
         raise SystemExit(f"image {IMAGE} is missing: run `make images` first")
 
 
+def measure_kept(args: argparse.Namespace, modes: dict[str, Mode], results: dict) -> None:
+    """--measure-only: the kept containers, each as deployed with its one selected setting."""
+    for mode in args.modes:
+        if len(modes[mode].settings) != 1:
+            raise SystemExit("--measure-only needs --settings naming one setting per mode (the deployed one)")
+        copy_driver(mode)
+        results["modes"][mode] = {"startup": in_container(mode, "startup"), "settings": [
+            measure_setting(modes[mode], modes[mode].settings[0], args.recipients)]}
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     modes = {mode: selected(MODES[mode], args.settings) for mode in args.modes}
@@ -469,6 +484,9 @@ def main(argv: list[str]) -> int:
         "machine": machine(), "load_at_start": loadavg(), "ansible": {}, "reconfigure": {}, "modes": {}, "errors": {},
     }
     try:
+        if args.measure_only:
+            measure_kept(args, modes, results)
+            return 0
         log(f"creating containers for {', '.join(args.modes)}")
         for mode in args.modes:
             create_container(mode)
