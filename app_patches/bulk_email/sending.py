@@ -229,6 +229,37 @@ def default_runner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def execution_token() -> str:
+    """This execution's part of a claim name: host, pid and a random token.
+
+    Host and pid let a runner on the same host see at once that the holder
+    of a claim is gone (a killed Celery pool child, whose task comes back at
+    once): see ``holder_is_dead``.
+    """
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def holder_is_dead(claimed_by: str) -> bool:
+    """True if a claim's holder was a process on this host that no longer exists.
+
+    Only a definite answer counts: another host, a name without a pid, or a
+    process we may not signal (another user's) is treated as alive, and its
+    claim waits for BULK_EMAIL_CLAIM_TIMEOUT as before.
+    """
+    _, _, token = claimed_by.rpartition("#")
+    host, _, rest = token.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def claim(delivery: Delivery, runner: str) -> bool:
     """Atomically take a pending delivery for ``runner``; False if another runner holds it.
 
@@ -250,6 +281,19 @@ def claim(delivery: Delivery, runner: str) -> bool:
         .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=expired))
         .update(claimed_by=runner, claimed_at=now)
     )
+    if not taken:
+        # The holder was killed on this host (a Celery pool child): take its claim now instead of
+        # after the timeout. The UPDATE matches the dead holder's name, so only one runner wins.
+        holder = Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.PENDING).values_list(
+            "claimed_by", flat=True).first()
+        if holder and holder_is_dead(holder):
+            taken = Delivery.objects.filter(
+                pk=delivery.pk, status=Delivery.Status.PENDING, claimed_by=holder
+            ).update(claimed_by=runner, claimed_at=now)
+            if taken:
+                logger.warning("batch email recipient=%s reclaimed from %s (process gone)",
+                               delivery.recipient, holder)
+                return True
     if taken and delivery.claimed_at is not None:
         logger.warning(
             "batch email recipient=%s reclaimed from %s (claimed at %s, runner presumed dead)",
@@ -342,7 +386,7 @@ def send_deliveries(
     that ends first would release the claims of the one still sending, and a
     third could send the same recipient again.
     """
-    runner = f"{runner or default_runner()}#{secrets.token_hex(4)}"
+    runner = f"{runner or default_runner()}#{execution_token()}"
     deliveries = (
         Delivery.objects.filter(pk__in=list(delivery_ids), status=Delivery.Status.PENDING)
         .select_related("campaign")

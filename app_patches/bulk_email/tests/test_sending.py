@@ -1,9 +1,11 @@
 """The batch sender against a real SMTP server on loopback."""
 import logging
+import os
 import smtplib
 
 import pytest
 from django.core.mail import get_connection
+from django.utils import timezone
 
 from bulk_email.campaigns import create_campaign
 from bulk_email.models import Delivery
@@ -209,6 +211,29 @@ def test_two_executions_of_one_task_never_free_each_others_claims(smtp, sleep):
     assert smtp.received() == {address: 1 for address in addresses(3)}
     assert [result.sent for result in nested] == [2, 0]
     assert set(statuses(campaign).values()) == {"sent"}
+
+
+def test_a_claim_of_a_killed_process_on_this_host_is_taken_over_at_once(smtp, sleep):
+    """A killed Celery pool child's task comes back at once; its recipient must not wait out the
+    claim timeout. A live holder's claim (this process) is left alone."""
+    import socket
+    import subprocess
+
+    campaign = create_campaign("Hi", "Body", addresses(2))
+    dead, alive = campaign.deliveries.order_by("pk")
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname()
+    Delivery.objects.filter(pk=dead.pk).update(
+        claimed_by=f"celery:task-1#{host}:{gone.pid}:abcd", claimed_at=timezone.now())
+    Delivery.objects.filter(pk=alive.pk).update(
+        claimed_by=f"celery:task-2#{host}:{os.getpid()}:abcd", claimed_at=timezone.now())
+
+    result = send_deliveries([dead.pk, alive.pk], sleep=sleep, runner="celery:task-1")
+
+    assert smtp.received() == {dead.recipient: 1}
+    assert result.sent == 1
+    assert dict(statuses(campaign)) == {dead.recipient: "sent", alive.recipient: "pending"}
 
 
 def test_persistent_outage_leaves_deliveries_pending_and_stops(smtp, settings, sleep):
