@@ -2,11 +2,16 @@
 # System packages the controller needs besides .venv (Debian/Ubuntu; idempotent):
 #   rsync         ansible.posix.synchronize copies the app and app_patches to the servers;
 #   redis-server  the unit tests of the rq code start their own redis-server on loopback
-#                 (the distribution's service is left stopped and disabled).
+#                 (the distribution's service is left stopped and disabled);
+#   chromium, chromium-driver
+#                 the browser tests drive the site's staff pages in a real headless browser
+#                 (molecule/browser_campaign.py, through Selenium).
 set -euo pipefail
 missing=()
 command -v rsync >/dev/null 2>&1 || missing+=(rsync)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 [ ${#missing[@]} -eq 0 ] && exit 0
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 echo "[prepare-host] installing ${missing[*]}" >&2
