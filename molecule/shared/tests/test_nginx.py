@@ -258,7 +258,7 @@ def test_flower_is_served_exactly_where_it_runs_and_no_queue_port_is_open_withou
 def test_monitoring_pages_refuse_addresses_outside_the_allow_list(host, rendered_config):
     """The same request from loopback and from the container's own address (eth0).
 
-    Needs nginx_monitoring_allow: ["127.0.0.1", "::1"] in the scenario's inventory.
+    Relies on the role's default nginx_monitoring_allow (["127.0.0.1", "::1"]): no inventory sets it.
     """
     mode = queue_mode(host)
     address = own_address(host)
