@@ -22,7 +22,13 @@ A campaign that stops early (quota, outage) ends the pass: the next
 campaign would only hit the same wall. Held campaigns (dispatched_at NULL
 during a queue mode switch) are never taken: they are dispatch-held's.
 The ledger's claims make two overlapping passes (timer and path at once,
-``--watch`` beside systemd) send nobody twice.
+``--watch`` beside systemd) send nobody twice; and a campaign another
+runner is sending right now (``send_campaign`` in an operator's shell, which
+marks it dispatched before it starts) is left to that runner (counted as
+"busy"): two senders of one campaign would double the rate the provider
+sees. "Right now" is read from the ledger: a live claim, or a message sent
+within the last BULK_EMAIL_BATCH_DELAY + ACTIVE_GRACE seconds (the gap
+between two batches); the next pass takes what such a runner leaves.
 
 ``watch`` is the same loop for a developer's runserver or launchd: the
 spool every ``poll`` seconds, the ledger every ``interval`` seconds.
@@ -33,11 +39,13 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from .models import Campaign, Delivery
 from .sending import Sleep, send_campaign
@@ -45,6 +53,8 @@ from .sending import Sleep, send_campaign
 logger = logging.getLogger("bulk_email")
 
 MODE = "batch"
+# Seconds after a campaign's last sent message during which it counts as being sent by someone.
+ACTIVE_GRACE = 10
 
 
 def spool_dir() -> Path | None:
@@ -76,12 +86,16 @@ def poke(campaign_id: object) -> bool:
 
 
 def pending_pokes() -> list[Path]:
-    """The poke files in the spool dir now (none without one)."""
+    """Every entry in the spool dir now (none without one).
+
+    Every entry, dot files included: the path unit's DirectoryNotEmpty=
+    sees them all, and one left behind would start the service in a loop.
+    """
     directory = spool_dir()
     if directory is None:
         return []
     try:
-        return sorted(path for path in directory.iterdir() if not path.name.startswith("."))
+        return sorted(directory.iterdir())
     except FileNotFoundError:
         return []
 
@@ -95,6 +109,8 @@ def take_pokes() -> int:
             taken += 1
         except FileNotFoundError:  # another pass took it
             pass
+        except IsADirectoryError:
+            logger.warning("batch email sender: %s is a directory in the spool dir; remove it", path)
     return taken
 
 
@@ -106,15 +122,30 @@ def due_campaigns() -> QuerySet[Campaign]:
     ).order_by("created_at")
 
 
+def being_sent(campaign: Campaign) -> bool:
+    """True while another runner sends the campaign: a live claim, or a message just sent."""
+    now = timezone.now()
+    claimed = now - timedelta(seconds=settings.BULK_EMAIL_CLAIM_TIMEOUT)
+    sent = now - timedelta(seconds=settings.BULK_EMAIL_BATCH_DELAY + ACTIVE_GRACE)
+    return campaign.deliveries.filter(
+        Q(status=Delivery.Status.PENDING, claimed_at__gte=claimed)
+        | Q(status=Delivery.Status.SENT, sent_at__gte=sent)
+    ).exists()
+
+
 def run_pass(*, sleep: Sleep = time.sleep) -> dict:
     """One pass: take the pokes, send the due campaigns; a summary for the command's output.
 
     Fatal SMTP errors (login rejected, no STARTTLS) propagate: the command
     turns them into a one-line error and a non-zero exit.
     """
-    summary: dict = {"pokes": take_pokes(), "campaigns": 0, "sent": 0, "failed": 0, "pending": 0,
-                     "stopped": None}
+    summary: dict = {"pokes": take_pokes(), "campaigns": 0, "busy": 0, "sent": 0, "failed": 0,
+                     "pending": 0, "stopped": None}
     for campaign in list(due_campaigns()):
+        if being_sent(campaign):
+            summary["busy"] += 1
+            logger.info("batch email campaign=%s left to the runner sending it now", campaign.id)
+            continue
         before = campaign.counts()
         run = send_campaign(campaign, sleep=sleep)
         summary["campaigns"] += 1
@@ -125,8 +156,8 @@ def run_pass(*, sleep: Sleep = time.sleep) -> dict:
             summary["stopped"] = run.stopped
             break
     logger.info(
-        "batch email sender pass pokes=%d campaigns=%d sent=%d failed=%d pending=%d%s",
-        summary["pokes"], summary["campaigns"], summary["sent"], summary["failed"],
+        "batch email sender pass pokes=%d campaigns=%d busy=%d sent=%d failed=%d pending=%d%s",
+        summary["pokes"], summary["campaigns"], summary["busy"], summary["sent"], summary["failed"],
         summary["pending"], f" stopped: {summary['stopped']}" if summary["stopped"] else "",
     )
     return summary

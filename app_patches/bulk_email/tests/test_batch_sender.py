@@ -58,14 +58,14 @@ def submit(recipients: list[str], capture) -> Campaign:
 def test_a_pass_sends_the_dispatched_campaigns_and_removes_the_pokes(fast, spool, django_capture_on_commit_callbacks):
     first, second = addresses(25, "first"), addresses(3, "second")
     campaigns = [submit(first, django_capture_on_commit_callbacks), submit(second, django_capture_on_commit_callbacks)]
-    (spool / "stray-poke").touch()
+    (spool / ".stray-poke").touch()  # DirectoryNotEmpty= sees dot files too
     assert len(list(spool.iterdir())) == 3 and fast.messages == []
 
     lines = run("--json")
 
-    assert lines[0] == "batch sender: 2 campaigns, sent=28 failed=0 pending=0"
-    assert json.loads(lines[-1]) == {"pokes": 3, "campaigns": 2, "sent": 28, "failed": 0, "pending": 0,
-                                     "stopped": None}
+    assert lines[0] == "batch sender: 2 campaigns, busy=0 sent=28 failed=0 pending=0"
+    assert json.loads(lines[-1]) == {"pokes": 3, "campaigns": 2, "busy": 0, "sent": 28, "failed": 0,
+                                     "pending": 0, "stopped": None}
     assert list(spool.iterdir()) == []
     assert fast.received() == {address: 1 for address in first + second}
     assert fast.ehlo_count == 3  # one connection per batch of 20: 2 + 1
@@ -204,3 +204,27 @@ def test_batch_sender_through_manage_py_exit_codes(smtp_server, tmp_path):
     assert refused.returncode == 1
     assert "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith("CommandError: SMTP configuration error")
+
+
+def test_a_campaign_another_runner_is_sending_is_left_to_it(fast, django_capture_on_commit_callbacks):
+    """send_campaign in a shell marks its campaign dispatched before sending: a timer pass meanwhile
+    must not send it in parallel (the provider would see twice the rate)."""
+    from datetime import timedelta
+
+    from bulk_email.models import Delivery
+
+    campaign = submit(addresses(3), django_capture_on_commit_callbacks)
+    first = campaign.deliveries.order_by("pk").first()
+    Delivery.objects.filter(pk=first.pk).update(claimed_by="host:1#other", claimed_at=timezone.now())
+
+    summary = json.loads(run("--json")[-1])
+
+    assert (summary["campaigns"], summary["busy"]) == (0, 1) and fast.messages == []
+    Delivery.objects.filter(pk=first.pk).update(
+        status="sent", claimed_at=None, sent_at=timezone.now())  # between two of its batches
+    assert json.loads(run("--json")[-1])["busy"] == 1
+    Delivery.objects.filter(pk=first.pk).update(sent_at=timezone.now() - timedelta(minutes=1))  # it ended
+
+    summary = json.loads(run("--json")[-1])
+
+    assert (summary["campaigns"], summary["busy"], summary["sent"]) == (1, 0, 2)

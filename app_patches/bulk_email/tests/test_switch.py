@@ -6,6 +6,7 @@ messages", which only the server side can count.
 """
 import json
 import time
+from datetime import timedelta
 from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
@@ -77,8 +78,8 @@ def ledger_campaign(mode: str, n: int, *, sent: int = 0, claimed: int = 0, dispa
     campaign = create_campaign("Hi", "Body", addresses(n, prefix=f"{mode}{Campaign.objects.count()}-"))
     ids = list(campaign.deliveries.order_by("pk").values_list("pk", flat=True))
     now = timezone.now()
-    Delivery.objects.filter(pk__in=ids[:sent]).update(
-        status=Delivery.Status.SENT, sent_at=now, attempts=1, claimed_by="old-sender"
+    Delivery.objects.filter(pk__in=ids[:sent]).update(  # sent a while ago, by a sender now gone
+        status=Delivery.Status.SENT, sent_at=now - timedelta(hours=1), attempts=1, claimed_by="old-sender"
     )
     Delivery.objects.filter(pk__in=ids[sent : sent + claimed]).update(claimed_by="old-sender", claimed_at=now)
     Campaign.objects.filter(pk=campaign.pk).update(mode=mode, dispatched_at=now if dispatched else None)
@@ -161,7 +162,8 @@ def test_a_resumed_campaign_is_held_too_and_leaves_the_old_modes_count(fast, hol
     }
     hold.remove()
     assert last_json("queue_switch", "dispatch-held")["pending"] == 1
-    run("batch_sender")
+    Delivery.objects.filter(status="sent").update(sent_at=timezone.now() - timedelta(minutes=1))
+    run("batch_sender")  # its next pass (the send above ended a minute ago)
     assert fast.received() == {"a@x.test": 1, "b@x.test": 1}
 
 

@@ -10,7 +10,8 @@ for runserver development or a launchd agent.
 Output per pass: ``batch sender: <n> campaigns, sent=<n> failed=<n> pending=<n>``,
 ``stopped: <reason>`` when a campaign stopped early (quota, outage: the rest
 waits for the next pass), and with --json one JSON object {"pokes",
-"campaigns", "sent", "failed", "pending", "stopped"}. A rejected SMTP login
+"campaigns", "busy" (left to a runner sending them right now), "sent",
+"failed", "pending", "stopped"}. A rejected SMTP login
 or a server without STARTTLS is a one-line error and exit status 1.
 """
 import json
@@ -44,10 +45,12 @@ class Command(BaseCommand):
                 self._report(batch_sender.run_pass(), options)
         except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError) as exc:
             raise CommandError(f"SMTP configuration error, nothing more sent: {describe(exc)}") from None
+        except KeyboardInterrupt:  # Ctrl-C of --watch: what it did not send stays pending
+            self.stdout.write("batch sender: interrupted")
 
     def _report(self, summary: dict, options: dict) -> None:
         self.stdout.write(
-            f"batch sender: {summary['campaigns']} campaigns, sent={summary['sent']} "
+            f"batch sender: {summary['campaigns']} campaigns, busy={summary['busy']} sent={summary['sent']} "
             f"failed={summary['failed']} pending={summary['pending']}"
         )
         if summary["stopped"]:
