@@ -37,6 +37,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_APP = REPO / "example_app"
 APPLY = REPO / "app_patches" / "apply.py"
+# The example app's own code changes that deployments apply too (apply.py --patch).
+EXAMPLE_PATCHES = sorted((REPO / "app_patches" / "patches" / "example_app").glob("*.patch"))
 
 # The environment the test project runs with; the SMTP tests point the
 # email settings at their own loopback server through pytest-django's
@@ -62,7 +64,8 @@ CLEARED_ENV = [
     "EMAIL_BACKEND", "EMAIL_TIMEOUT", "DJANGO_SQLITE_PATH", "DJANGO_STATIC_ROOT",
     "BULK_EMAIL_BATCH_SIZE", "BULK_EMAIL_DAILY_QUOTA", "BULK_EMAIL_MAX_ATTEMPTS",
     "BULK_EMAIL_RETRY_BACKOFF", "BULK_EMAIL_RETRY_BACKOFF_MAX", "BULK_EMAIL_QUOTA_HOOK",
-    "BULK_EMAIL_CLAIM_TIMEOUT", "BULK_EMAIL_RQ_RETRY_INTERVALS",
+    "BULK_EMAIL_CLAIM_TIMEOUT", "BULK_EMAIL_RQ_RETRY_INTERVALS", "BULK_EMAIL_HOLD_FILE",
+    "BULK_EMAIL_BATCH_SPOOL_DIR", "EMAIL_USE_LOCALTIME",
     "BULK_EMAIL_CELERY_TASK_TIME_LIMIT", "BULK_EMAIL_CELERY_RETRY_BACKOFF",
     "BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX", "BULK_EMAIL_CELERY_MAX_RETRIES",
     "BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT", "BULK_EMAIL_CELERY_RESULT_EXPIRES",
@@ -92,7 +95,8 @@ def test_mode() -> str:
 
 
 def build_patched_project(workdir: Path, mode: str = "rq") -> Path:
-    """Copy example_app into workdir and patch it with apply.py; return the project dir."""
+    """Copy example_app into workdir and patch it with apply.py (and the example app's
+    patches: its staff page then sends through bulk_email.api); return the project dir."""
     project = workdir / "project"
     shutil.copytree(
         EXAMPLE_APP,
@@ -100,7 +104,8 @@ def build_patched_project(workdir: Path, mode: str = "rq") -> Path:
         ignore=shutil.ignore_patterns("tests", "__pycache__", "*.pyc", "db.sqlite3*", "staticfiles"),
     )
     completed = subprocess.run(
-        [sys.executable, str(APPLY), "--project", str(project), "--mode", mode, "--json"],
+        [sys.executable, str(APPLY), "--project", str(project), "--mode", mode, "--json",
+         *(arg for patch in EXAMPLE_PATCHES for arg in ("--patch", str(patch)))],
         capture_output=True, text=True, check=False,
     )
     if completed.returncode != 0:
