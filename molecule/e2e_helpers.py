@@ -8,6 +8,7 @@ ground truth for "delivered exactly once".
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 import uuid
@@ -70,8 +71,58 @@ def sink_counts(host, campaign_id: str) -> dict[str, Any]:
 
 
 def campaign_status(host, campaign_id: str) -> dict[str, Any]:
-    """The app's own ledger counts for a campaign."""
+    """The app's own ledger counts for a campaign (a Django start: for assertions, not polls)."""
     return last_json_line(host.check_output(f"{MANAGE} campaign_status {campaign_id} --json"))
+
+
+APP_ENV = "/etc/edupulse/edupulse.env"
+# Runs inside the container, as the database file's owner (the app's user: a file SQLite adds,
+# such as the WAL index, then belongs to it as if the app had made it): the counts of
+# campaign_status's ledger part (Campaign.counts() and sending()), from one query, without Django.
+LEDGER_COUNTS = r"""
+import json, sqlite3, sys, uuid
+db, campaign = sys.argv[1], uuid.UUID(sys.argv[2]).hex  # Django keeps a UUID as 32 hex digits
+connection = sqlite3.connect(db, timeout=20)
+if not connection.execute("SELECT 1 FROM bulk_email_campaign WHERE id = ?", (campaign,)).fetchone():
+    sys.exit(f"unknown campaign {sys.argv[2]}")
+counts = {"pending": 0, "sent": 0, "failed": 0, "sending": 0}
+for status, number, claimed in connection.execute(
+    "SELECT status, COUNT(*), SUM(claimed_at IS NOT NULL) FROM bulk_email_delivery"
+    " WHERE campaign_id = ? GROUP BY status", (campaign,)):
+    counts[status] = number
+    if status == "pending":
+        counts["sending"] = claimed or 0
+counts["recipients"] = counts["pending"] + counts["sent"] + counts["failed"]
+print(json.dumps(counts))
+"""
+_SQLITE_PATHS: dict[str, str] = {}
+
+
+def sqlite_path(host) -> str:
+    """The app's SQLite file (DJANGO_SQLITE_PATH), or "" where the ledger is PostgreSQL's."""
+    name = host.backend.get_pytest_id()
+    if name not in _SQLITE_PATHS:
+        match = re.search(r'^DJANGO_SQLITE_PATH="([^"]+)"', host.file(APP_ENV).content_string, re.M)
+        _SQLITE_PATHS[name] = match.group(1) if match else ""
+    return _SQLITE_PATHS[name]
+
+
+def ledger_counts(host, campaign_id: str) -> dict[str, int]:
+    """pending, sent, failed, sending and recipients of a campaign, cheaply: for wait loops.
+
+    One sqlite3 query in the container (python3 without Django: a few milliseconds, where
+    `edupulse-manage campaign_status` starts Django each time); campaign_status() where the
+    ledger is not SQLite (the cluster's PostgreSQL).
+    """
+    db = sqlite_path(host)
+    if not db:
+        status = campaign_status(host, campaign_id)
+        return {key: status[key] for key in ("pending", "sent", "failed", "sending", "recipients")}
+    out = host.check_output(
+        f"runuser -u \"$(stat -c %U {shlex.quote(db)})\" -- python3 -c {shlex.quote(LEDGER_COUNTS)} "
+        f"{shlex.quote(db)} {shlex.quote(campaign_id)}"
+    )
+    return json.loads(out)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 1.0) -> bool:
@@ -145,9 +196,16 @@ def start_campaign(host, count: int, subject: str = "Exam timetable") -> str:
 
 
 def wait_until_settled(host, campaign_id: str, timeout: float = 300) -> dict[str, Any]:
-    """Wait (bounded) until no delivery of the campaign is pending; return the ledger counts."""
-    wait_for(lambda: campaign_status(host, campaign_id)["pending"] == 0, timeout=timeout, interval=2)
+    """Wait (bounded) until no delivery of the campaign is pending; return the app's status
+    (campaign_status: the app's own command has the last word, the poll is the cheap query)."""
+    wait_for(lambda: ledger_counts(host, campaign_id)["pending"] == 0, timeout=timeout, interval=1)
     return campaign_status(host, campaign_id)
+
+
+def wait_until_sending(host, campaign_id: str, at_least: int, timeout: float = 120) -> None:
+    """Wait (bounded) until at least `at_least` deliveries of the campaign are sent; fail if not."""
+    assert wait_for(lambda: ledger_counts(host, campaign_id)["sent"] >= at_least, timeout=timeout, interval=0.5), \
+        ledger_counts(host, campaign_id)
 
 
 def assert_delivered_exactly_once(host, campaign_id: str, count: int, timeout: float = 300) -> None:
@@ -266,3 +324,37 @@ def fetch_as_staff(host, path: str, username: str, password: str) -> dict:
         f"{shlex.quote(password)} {shlex.quote(path)}"
     )
     return json.loads(out)
+
+
+# --- Nginx (roles/nginx): shared by the per-mode suite and the mode-independent one ------------
+SECURITY_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy")
+# The body of Nginx's own 404 page, which Django's never contains.
+NGINX_404 = "<center>nginx</center>"
+
+
+def env_value(host, name: str) -> str:
+    """A variable of the deployed app's env file (KEY="value" lines)."""
+    match = re.search(rf'^{name}="([^"]*)"', host.file(APP_ENV).content_string, re.M)
+    assert match, f"no {name} in {APP_ENV}"
+    return match.group(1)
+
+
+def queue_mode(host) -> str:
+    """batch, rq or celery: the mode the deployed app runs (its env file)."""
+    mode = env_value(host, "BULK_EMAIL_QUEUE_MODE")
+    assert mode in ("batch", "rq", "celery"), mode
+    return mode
+
+
+def assert_security_headers(answer: dict) -> None:
+    """Each header present exactly once (Nginx's, the app's own copies hidden)."""
+    for name in SECURITY_HEADERS:
+        values = answer["headers"].get(name.lower(), [])
+        assert len(values) == 1, f"{name}: {values} on a {answer['status']} answer"
+    assert answer["headers"]["strict-transport-security"][0].startswith("max-age=")
+    assert answer["headers"]["x-content-type-options"] == ["nosniff"]
+
+
+def site_config(rendered_config: str) -> str:
+    """Our site file out of the `nginx -T` dump."""
+    return rendered_config.split("# configuration file /etc/nginx/sites-enabled/edupulse.conf:", 1)[1]

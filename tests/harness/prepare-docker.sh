@@ -7,15 +7,29 @@
 # Environment:
 #   EDUPULSE_IMAGES      suites to build, space separated (default: "bookworm trixie")
 #   EDUPULSE_CACHE_DIR   download cache shared by builds and containers (default: /var/cache/edupulse)
-#   EDUPULSE_MIRROR      Debian mirror for debootstrap (default: http://deb.debian.org/debian)
+#   EDUPULSE_MIRROR      Debian mirror for debootstrap and the images' apt sources (default: the
+#                        first Debian archive URI of this machine's own apt sources, read by
+#                        tests/harness/apt_sources.py; none there: debootstrap's own default)
+#   EDUPULSE_SECURITY_MIRROR  URI of the images' -security suite (default: the one this machine
+#                        uses for Debian's -security suite; none: the images get no security line)
 set -euo pipefail
 
 images=${EDUPULSE_IMAGES:-bookworm trixie}
 cache_dir=${EDUPULSE_CACHE_DIR:-/var/cache/edupulse}
-mirror=${EDUPULSE_MIRROR:-http://deb.debian.org/debian}
+here=$(cd "$(dirname "$0")" && pwd)
 dockerd_log=${EDUPULSE_DOCKERD_LOG:-/var/log/edupulse-dockerd.log}
 
 log() { printf '[prepare-docker] %s\n' "$*" >&2; }
+
+# The controller's own Debian mirror (main or security), or nothing (no python3, or no Debian
+# entry in its apt sources).
+controller_uri() {
+  command -v python3 >/dev/null 2>&1 || return 0
+  python3 "$here/apt_sources.py" "$1" || true
+}
+
+mirror=${EDUPULSE_MIRROR-$(controller_uri main)}
+security_mirror=${EDUPULSE_SECURITY_MIRROR-$(controller_uri security)}
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
@@ -67,17 +81,22 @@ build_image() {
   command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
   rootfs=$(mktemp -d "/tmp/edupulse-rootfs-$suite.XXXXXX")
   mkdir -p "$cache_dir/debootstrap-$suite"
-  log "debootstrap $suite into $rootfs"
+  log "debootstrap $suite into $rootfs from ${mirror:-the default mirror of debootstrap}"
+  # No mirror argument when none is known: debootstrap then uses its own default.
   as_root debootstrap --variant=minbase --cache-dir="$cache_dir/debootstrap-$suite" \
     --include=systemd,systemd-sysv,python3,dbus,sudo,ca-certificates,iproute2,python3-apt \
-    "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || {
+    "$suite" "$rootfs" ${mirror:+"$mirror"} >"$rootfs.log" 2>&1 || {
       tail -n 30 "$rootfs.log" >&2; exit 1; }
-  # A server's apt sources: the suite, its updates and security.
-  as_root tee "$rootfs/etc/apt/sources.list" >/dev/null <<SOURCES
-deb $mirror $suite main
-deb $mirror $suite-updates main
-deb http://deb.debian.org/debian-security $suite-security main
-SOURCES
+  # The mirror debootstrap used, from the sources.list it wrote (`deb URI suite main`).
+  local uri=$mirror
+  [ -n "$uri" ] || uri=$(awk '$1 == "deb" { print $2; exit }' "$rootfs/etc/apt/sources.list")
+  [ -n "$uri" ] || { log "no mirror in $rootfs/etc/apt/sources.list"; exit 1; }
+  # A server's apt sources: the suite, its updates and (when this machine names one) security.
+  {
+    echo "deb $uri $suite main"
+    echo "deb $uri $suite-updates main"
+    [ -z "$security_mirror" ] || echo "deb $security_mirror $suite-security main"
+  } | as_root tee "$rootfs/etc/apt/sources.list" >/dev/null
   # Keep downloaded .debs so a mounted /var/cache/apt/archives caches them across containers.
   as_root rm -f "$rootfs/etc/apt/apt.conf.d/docker-clean"
   as_root sh -c ": > '$rootfs/etc/machine-id'"

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 
 from day2_helpers import assert_ok_and_unchanged, assert_refused, flat, recap, run_playbook
 from e2e_helpers import (
+    acl_log_entries,
     assert_delivered_exactly_once,
     campaign_status,
     clear_sink_fault,
@@ -89,6 +90,8 @@ def test_backup_and_restore_bring_back_the_data_with_aof_on(host):
         assert redis_run_id(host) == run_id
         assert admin(host, "GET", "day2:after-backup") == "x"
 
+        # The restore restarts Redis, which clears ACL LOG: nothing so far was denied.
+        assert acl_log_entries(host) == []
         restore = run_playbook(host, "redis_restore.yml", f"redis_restore_file={saved.group(1).rsplit('/', 1)[1]}")
 
         assert restore.returncode == 0, restore.stdout[-4000:]

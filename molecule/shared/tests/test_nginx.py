@@ -1,9 +1,11 @@
-"""Nginx in front of the app (roles/nginx), in every queue mode.
+"""Nginx in front of the app (roles/nginx): what depends on the queue mode, in every mode.
 
 Requests are made inside the container with python3's urllib (loopback only, certificate not
 verified: it may be the self-signed one), so that the test sees exactly what a client sees.
-The mode-dependent checks read the queue mode from the app's env file, so one file serves
-every scenario.
+The checks read the queue mode from the app's env file, so one file serves every scenario.
+What Nginx does alike in every mode (TLS, headers, static and media files, error pages, the
+refused configuration and the graceful reload) is in molecule/shared/any_mode, which runs in
+one scenario only (batch, on both Debian releases).
 """
 
 from __future__ import annotations
@@ -15,40 +17,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import uuid
-
 import pytest
-from e2e_helpers import FETCH, fetch
+from e2e_helpers import FETCH, NGINX_404, assert_security_headers, fetch, queue_mode, site_config
 
-ENV_FILE = "/etc/edupulse/edupulse.env"
 SITE_LINK = "/etc/nginx/sites-enabled/edupulse.conf"
 HTPASSWD = "/etc/nginx/edupulse-flower.htpasswd"
-SECURITY_HEADERS = ("Strict-Transport-Security", "X-Content-Type-Options", "X-Frame-Options", "Referrer-Policy")
 FLOWER_ENV = "/etc/edupulse/flower.env"
-# The body of Nginx's own 404 page, which Django's never contains.
-NGINX_404 = "<center>nginx</center>"
 # Nginx's basic auth realm (roles/nginx/vars); Flower's own auth says realm="flower".
 NGINX_FLOWER_CHALLENGE = 'Basic realm="EduPulse Flower"'
 FLOWER_PORT = 5555
 REDIS_PORT = 6379
-
-
-def env_value(host, name: str) -> str:
-    """A variable of the deployed app's env file (KEY="value" lines)."""
-    match = re.search(rf'^{name}="([^"]*)"', host.file(ENV_FILE).content_string, re.M)
-    assert match, f"no {name} in {ENV_FILE}"
-    return match.group(1)
-
-
-def queue_mode(host) -> str:
-    mode = env_value(host, "BULK_EMAIL_QUEUE_MODE")
-    assert mode in ("batch", "rq", "celery"), mode
-    return mode
-
-
-def site_config(rendered_config: str) -> str:
-    """Our site file out of the `nginx -T` dump."""
-    return rendered_config.split("# configuration file /etc/nginx/sites-enabled/edupulse.conf:", 1)[1]
 
 
 def fetch_url(host, url: str, auth: str = "") -> dict:
@@ -77,15 +55,6 @@ def flower_credentials(host) -> str:
     return match.group(1)
 
 
-def assert_security_headers(answer: dict) -> None:
-    """Each header present exactly once (Nginx's, the app's own copies hidden)."""
-    for name in SECURITY_HEADERS:
-        values = answer["headers"].get(name.lower(), [])
-        assert len(values) == 1, f"{name}: {values} on a {answer['status']} answer"
-    assert answer["headers"]["strict-transport-security"][0].startswith("max-age=")
-    assert answer["headers"]["x-content-type-options"] == ["nosniff"]
-
-
 @pytest.fixture(scope="module")
 def rendered_config(host) -> str:
     """The whole configuration as Nginx reads it (`nginx -T`: every file, in include order)."""
@@ -110,106 +79,6 @@ def test_only_the_edupulse_site_is_enabled(host):
 def test_nginx_listens_on_80_and_443(host):
     assert host.socket("tcp://0.0.0.0:80").is_listening
     assert host.socket("tcp://0.0.0.0:443").is_listening
-
-
-def test_https_reaches_the_app_with_the_security_headers(host):
-    answer = fetch(host, "/healthz/")
-    assert answer["status"] == 200, answer
-    assert_security_headers(answer)
-
-
-def test_http_redirects_to_https(host):
-    answer = fetch(host, "/healthz/?x=1", scheme="http")
-    assert answer["status"] == 301, answer
-    assert answer["headers"]["location"] == ["https://127.0.0.1/healthz/?x=1"]
-
-
-def test_static_files_are_served_by_nginx_with_the_security_headers(host):
-    # collectstatic copies Django admin's files into the static root.
-    answer = fetch(host, "/static/admin/css/base.css")
-    assert answer["status"] == 200, answer
-    assert "cache-control" in answer["headers"]
-    assert_security_headers(answer)
-
-
-def test_media_files_are_served_by_nginx_with_the_security_headers(host):
-    root, url = env_value(host, "DJANGO_MEDIA_ROOT"), env_value(host, "DJANGO_MEDIA_URL")
-    name = f"nginx-test-{uuid.uuid4().hex}.txt"
-    content = uuid.uuid4().hex
-    path = f"{root}/{name}"
-    host.run_expect([0], f"printf %s {content} > {path} && chmod 0644 {path}")
-    try:
-        answer = fetch(host, f"{url}{name}")
-        assert answer["status"] == 200, answer
-        assert answer["body"] == content
-        assert_security_headers(answer)
-        # Nginx's own 404 (Django's never has its signature): the prefix never reaches Django.
-        missing = fetch(host, f"{url}missing-{name}")
-        assert missing["status"] == 404 and NGINX_404 in missing["body"], missing
-        assert_security_headers(missing)
-    finally:
-        host.run_expect([0], f"rm -f {path}")
-
-
-def test_the_app_can_write_uploads_inside_its_sandbox(host):
-    """Gunicorn runs with ProtectSystem=strict, so only its ReadWritePaths= are writable: the
-    media directory must lie in one of them, and belong to (and be writable by) the app's user."""
-    root = env_value(host, "DJANGO_MEDIA_ROOT")
-    unit = dict(
-        line.split("=", 1)
-        for line in host.check_output(
-            "systemctl show -p User -p Group -p ProtectSystem -p ReadWritePaths edupulse-gunicorn"
-        ).splitlines()
-    )
-    assert unit["ProtectSystem"] == "strict", unit
-    writable = [path.lstrip("-+") for path in unit["ReadWritePaths"].split()]
-    assert any(root == path or root.startswith(path.rstrip("/") + "/") for path in writable), (root, writable)
-    media = host.file(root)
-    assert media.is_directory and (media.user, media.group) == (unit["User"], unit["Group"]), root
-    probe = f"{root}/upload-probe-{uuid.uuid4().hex}"
-    try:
-        host.run_expect([0], f"runuser -u {unit['User']} -- sh -c 'echo upload > {probe}'")
-        assert host.file(probe).user == unit["User"]
-    finally:
-        host.run_expect([0], f"rm -f {probe}")
-
-
-@pytest.mark.parametrize("path", ["/static/no-such-file.css", "/no-such-page/"])
-def test_error_pages_carry_the_security_headers(host, path):
-    answer = fetch(host, path)
-    assert answer["status"] == 404, answer
-    assert_security_headers(answer)
-
-
-@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
-def test_tls_1_2_and_1_3_are_accepted(host, version):
-    assert fetch(host, "/healthz/", tls=version)["status"] == 200
-
-
-@pytest.mark.parametrize("version", ["TLSv1", "TLSv1_1"])
-def test_older_tls_is_refused(host, version):
-    answer = fetch(host, "/healthz/", tls=version)
-    assert "error" in answer, answer
-
-
-def test_proxy_passes_the_client_headers(rendered_config):
-    site = site_config(rendered_config)
-    for header, value in (
-        ("Host", "$host"),
-        ("X-Real-IP", "$remote_addr"),
-        ("X-Forwarded-For", "$proxy_add_x_forwarded_for"),
-        ("X-Forwarded-Proto", "$scheme"),
-    ):
-        assert re.search(rf"^\s*proxy_set_header {re.escape(header)} {re.escape(value)};", site, re.M), header
-
-
-def test_private_key_is_readable_by_root_only(host, rendered_config):
-    keys = set(re.findall(r"^\s*ssl_certificate_key\s+(\S+);", rendered_config, re.M))
-    assert keys
-    for path in keys:
-        key = host.file(path)
-        assert key.exists, path
-        assert (key.user, key.mode) == ("root", 0o600), path
 
 
 def test_monitoring_pages_follow_the_queue_mode(host):

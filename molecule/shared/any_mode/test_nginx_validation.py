@@ -5,6 +5,10 @@ inventory): once with a value that passes the role's own checks but that `nginx 
 play fails in the site's template task and the site keeps its file and keeps answering), and
 once with a harmless change while requests hit the site (a reload: every request answered, the
 master process unchanged, new workers), then again with the deployed values.
+
+Neither depends on the queue mode, and each run of the play costs a minute or so: this suite runs
+in ONE scenario only, batch (molecule/batch/molecule.yml), on both Debian releases (their Nginx
+versions differ: `nginx -t`'s messages, reload behaviour).
 """
 
 from __future__ import annotations
@@ -19,8 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from e2e_helpers import wait_for
-from test_nginx import fetch, queue_mode
+from e2e_helpers import fetch, queue_mode, wait_for
 
 SITE = "/etc/nginx/sites-available/edupulse.conf"
 BROKEN = "99999999999999999999m"
