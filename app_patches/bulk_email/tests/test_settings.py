@@ -21,7 +21,9 @@ def test_defaults():
         "BULK_EMAIL_RETRY_BACKOFF": 2,
         "BULK_EMAIL_RETRY_BACKOFF_MAX": 60,
         "BULK_EMAIL_QUOTA_HOOK": "bulk_email.quota.daily_quota",
-        "BULK_EMAIL_CLAIM_TIMEOUT": 300,
+        "BULK_EMAIL_CLAIM_TIMEOUT": 1800,
+        "BULK_EMAIL_DATA_REPLY_TIMEOUT": 600,
+        "BULK_EMAIL_MAX_MESSAGE_BYTES": 25 * 1024 * 1024,
         "BULK_EMAIL_HOLD_FILE": "",
         "BULK_EMAIL_RQ_RETRY_INTERVALS": [10, 30, 60, 300, 900],
         "BULK_EMAIL_INSTALLED_APPS": ["bulk_email"],
@@ -36,7 +38,7 @@ def test_values_from_environment():
             "BULK_EMAIL_DAILY_QUOTA": "0",
             "BULK_EMAIL_QUEUE_MODE": " RQ ",
             "BULK_EMAIL_REDIS_URL": "redis://rq-app:secret@127.0.0.1:6379/0",
-            "BULK_EMAIL_CLAIM_TIMEOUT": "120",
+            "BULK_EMAIL_CLAIM_TIMEOUT": "1500",
             "BULK_EMAIL_HOLD_FILE": " /run/edupulse/queue-switch ",
             "BULK_EMAIL_RQ_RETRY_INTERVALS": "5, 60",
             "EMAIL_TIMEOUT": "30",
@@ -47,9 +49,24 @@ def test_values_from_environment():
     assert values["BULK_EMAIL_DAILY_QUOTA"] == 0
     assert values["BULK_EMAIL_QUEUE_MODE"] == "rq"
     assert values["EMAIL_TIMEOUT"] == 30
-    assert values["BULK_EMAIL_CLAIM_TIMEOUT"] == 120
+    assert values["BULK_EMAIL_CLAIM_TIMEOUT"] == 1500
     assert values["BULK_EMAIL_HOLD_FILE"] == "/run/edupulse/queue-switch"
     assert values["BULK_EMAIL_RQ_RETRY_INTERVALS"] == [5, 60]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BULK_EMAIL_CLAIM_TIMEOUT": "300"},  # the old default: shorter than one slow attempt
+        {"BULK_EMAIL_CLAIM_TIMEOUT": "1000", "EMAIL_TIMEOUT": "30"},
+        {"BULK_EMAIL_CLAIM_TIMEOUT": "1500", "BULK_EMAIL_DATA_REPLY_TIMEOUT": "900"},
+    ],
+)
+def test_a_claim_timeout_a_live_attempt_could_outlast_is_refused(env):
+    """12 EMAIL_TIMEOUTs (connect ... DATA) + the end-of-data wait + the longest backoff."""
+    with pytest.raises(ImproperlyConfigured, match="BULK_EMAIL_CLAIM_TIMEOUT .* EMAIL_TIMEOUT"):
+        load(env)
+    assert load({**env, "BULK_EMAIL_CLAIM_TIMEOUT": "3000"})["BULK_EMAIL_CLAIM_TIMEOUT"] == 3000
 
 
 def test_rq_mode_installs_django_rq_and_both_queues_from_one_url():
