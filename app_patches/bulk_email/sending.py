@@ -59,6 +59,7 @@ Message-ID.
 """
 import logging
 import secrets
+import smtplib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,7 +71,7 @@ from django.core.mail.backends.base import BaseEmailBackend
 from django.core.mail.utils import DNS_NAME
 from django.core.validators import validate_email
 
-from . import quota
+from . import login_refusals, quota
 from .claims import (  # noqa: F401  (re-exported: bulk_email.sending names others import)
     claim,
     claim_batch,
@@ -289,6 +290,11 @@ def send_deliveries(
     ids = list(delivery_ids)
     result = SendResult()
     own_connection = connection is None
+    if own_connection and (refusal := login_refusals.refused()):
+        result.stopped = refusal
+        result.deferred = Delivery.objects.filter(pk__in=ids, status=Delivery.Status.PENDING).count()
+        logger.warning("batch email stopped: %s", refusal)
+        return result
     connection = connection or prepare_connection(get_connection(fail_silently=False))
     try:
         handled: set[int] = set()
@@ -300,6 +306,10 @@ def send_deliveries(
             if not freed or result.stopped is None or not result.stopped.startswith("daily quota"):
                 break
             result.stopped = None
+    except SmtpConfigurationError as exc:
+        if own_connection and isinstance(exc.__cause__, smtplib.SMTPAuthenticationError):
+            login_refusals.record(describe(exc.__cause__))
+        raise
     finally:
         # Also on a fatal error or an interrupt: what this runner did not finish is free again.
         # Only a killed process skips this, and its claims expire (see claims).

@@ -56,6 +56,7 @@ __all__ = [
     "BULK_EMAIL_CLAIM_TIMEOUT",
     "BULK_EMAIL_DATA_REPLY_TIMEOUT",
     "BULK_EMAIL_MAX_MESSAGE_BYTES",
+    "BULK_EMAIL_LOGIN_REFUSAL_HOLD",
     "BULK_EMAIL_HOLD_FILE",
     "BULK_EMAIL_RQ_RETRY_INTERVALS",
     "BULK_EMAIL_INSTALLED_APPS",
@@ -256,6 +257,9 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
         "BULK_EMAIL_DATA_REPLY_TIMEOUT": _number(env, "BULK_EMAIL_DATA_REPLY_TIMEOUT", 600, float),
         # Largest message create_campaign accepts (Gmail's limit: 25 MB).
         "BULK_EMAIL_MAX_MESSAGE_BYTES": _number(env, "BULK_EMAIL_MAX_MESSAGE_BYTES", 25 * 1024 * 1024, int),
+        # After a refused SMTP login, no sender logs in again with the same settings for this
+        # long (bulk_email.login_refusals): providers lock accounts after a few bad logins.
+        "BULK_EMAIL_LOGIN_REFUSAL_HOLD": _number(env, "BULK_EMAIL_LOGIN_REFUSAL_HOLD", 3600, int),
         # A queue mode switch (batch|rq|celery) writes the new mode into this file while the
         # old mode drains; meanwhile campaigns are held, not dispatched (bulk_email.switch).
         # Empty: no switch can be in progress and the file is never looked at.
@@ -276,6 +280,7 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
     _at_least("BULK_EMAIL_CLAIM_TIMEOUT", values["BULK_EMAIL_CLAIM_TIMEOUT"], 1)
     _at_least("BULK_EMAIL_DATA_REPLY_TIMEOUT", values["BULK_EMAIL_DATA_REPLY_TIMEOUT"], values["EMAIL_TIMEOUT"])
     _at_least("BULK_EMAIL_MAX_MESSAGE_BYTES", values["BULK_EMAIL_MAX_MESSAGE_BYTES"], 1024)
+    _at_least("BULK_EMAIL_LOGIN_REFUSAL_HOLD", values["BULK_EMAIL_LOGIN_REFUSAL_HOLD"], 0)
     check_claim_timeout(values)
     if values["BULK_EMAIL_QUEUE_MODE"] not in QUEUE_MODES:
         raise ImproperlyConfigured(
@@ -344,6 +349,7 @@ BULK_EMAIL_QUOTA_HOOK = _values["BULK_EMAIL_QUOTA_HOOK"]
 BULK_EMAIL_CLAIM_TIMEOUT = _values["BULK_EMAIL_CLAIM_TIMEOUT"]
 BULK_EMAIL_DATA_REPLY_TIMEOUT = _values["BULK_EMAIL_DATA_REPLY_TIMEOUT"]
 BULK_EMAIL_MAX_MESSAGE_BYTES = _values["BULK_EMAIL_MAX_MESSAGE_BYTES"]
+BULK_EMAIL_LOGIN_REFUSAL_HOLD = _values["BULK_EMAIL_LOGIN_REFUSAL_HOLD"]
 BULK_EMAIL_HOLD_FILE = _values["BULK_EMAIL_HOLD_FILE"]
 BULK_EMAIL_RQ_RETRY_INTERVALS = _values["BULK_EMAIL_RQ_RETRY_INTERVALS"]
 BULK_EMAIL_INSTALLED_APPS = _values["BULK_EMAIL_INSTALLED_APPS"]

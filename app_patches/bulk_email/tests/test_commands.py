@@ -185,3 +185,31 @@ def test_commands_through_manage_py_exit_codes(smtp_server, tmp_path):
     unknown = manage("campaign_status", str(uuid.uuid4()))
     assert unknown.returncode == 1
     assert "unknown campaign" in unknown.stderr
+
+
+class RefusingLogin:
+    """An email backend whose every login is refused, as a wrong EMAIL_HOST_PASSWORD is."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def open(self):
+        import smtplib
+
+        raise smtplib.SMTPAuthenticationError(535, b"5.7.8 Username and Password not accepted")
+
+    def close(self):
+        pass
+
+
+def test_a_refused_login_ends_send_campaign_with_one_line_and_a_summary(fast, settings):
+    settings.EMAIL_BACKEND = f"{__name__}.RefusingLogin"
+    out = StringIO()
+
+    with pytest.raises(CommandError) as refused:
+        call_command("send_campaign", "--subject", "Hi", "--body", "x",
+                     "--to", "a@school.test", "--to", "b@school.test", stdout=out)
+
+    assert str(refused.value).startswith("SMTP login refused (SMTPAuthenticationError: 535 5.7.8")
+    assert "\n" not in str(refused.value)
+    assert "mode=batch recipients=2 sent=0 failed=0 pending=2" in out.getvalue().splitlines()

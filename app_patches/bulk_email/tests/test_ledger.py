@@ -226,3 +226,44 @@ def test_the_daily_quota_holds_across_concurrent_senders_on_postgresql(smtp, set
     assert errors == []
     assert Delivery.objects.filter(status="sent").count() == 10
     assert sum(smtp.received().values()) == 10
+
+
+class CountingRefusedLogin:
+    """An email backend whose logins are refused (535), counting how often one is tried."""
+
+    logins = 0
+
+    def __init__(self, **kwargs):
+        pass
+
+    def open(self):
+        type(self).logins += 1
+        raise smtplib.SMTPAuthenticationError(535, b"5.7.8 Username and Password not accepted")
+
+    def close(self):
+        pass
+
+
+def test_a_refused_login_is_not_tried_again_by_later_batches_until_the_configuration_changes(
+    smtp, settings, sleep
+):
+    """rq retries a failed job, Celery runs the campaign's other batches: each one logging in
+    again with a wrong password gets the account locked. One refusal stops them all."""
+    from bulk_email.sending import SmtpConfigurationError
+
+    settings.EMAIL_BACKEND = f"{__name__}.CountingRefusedLogin"
+    CountingRefusedLogin.logins = 0
+    campaign = create_campaign("Hi", "Body", addresses(3))
+    batches = [[pk] for pk in campaign.deliveries.order_by("pk").values_list("pk", flat=True)]
+
+    with pytest.raises(SmtpConfigurationError):
+        send_deliveries(batches[0], sleep=sleep, runner="rq:job-1")
+    later = [send_deliveries(batch, sleep=sleep, runner="rq:job-n") for batch in batches[1:]]
+
+    assert CountingRefusedLogin.logins == 1
+    assert all("SMTP login was refused" in result.stopped for result in later)
+    assert campaign.counts()["pending"] == 3
+    settings.EMAIL_HOST_PASSWORD = "the-corrected-password"  # a new configuration is tried again
+    with pytest.raises(SmtpConfigurationError):
+        send_deliveries(batches[1], sleep=sleep, runner="rq:job-2")
+    assert CountingRefusedLogin.logins == 2

@@ -21,6 +21,7 @@ from django.core.management.base import BaseCommand, CommandError
 from bulk_email.campaigns import create_campaign
 from bulk_email.dispatch import dispatch
 from bulk_email.models import Campaign
+from bulk_email.smtp_errors import SmtpConfigurationError
 
 
 def read_recipients_file(path: str) -> list[str]:
@@ -64,7 +65,13 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         campaign = self._resume(options["resume"]) if options["resume"] else self._create(options)
         self.stdout.write(f"campaign {campaign.id}")
-        run = dispatch(campaign)
+        try:
+            run = dispatch(campaign)
+        except SmtpConfigurationError as exc:  # a wrong password (535): one line and the counts
+            counts = campaign.counts()
+            self.stdout.write(f"mode={campaign.mode} recipients={sum(counts.values())} sent={counts['sent']} "
+                              f"failed={counts['failed']} pending={counts['pending']}")
+            raise CommandError(str(exc)) from None
         counts = run.counts
         summary = {
             "id": str(campaign.id),
