@@ -59,6 +59,9 @@ def create_campaign(
         raise ValueError("a campaign needs at least one recipient")
     sender = from_email or settings.DEFAULT_FROM_EMAIL
     validate(subject, body, html_body or "", sender, addresses)
+    mode = held_mode() or settings.BULK_EMAIL_QUEUE_MODE
+    if mode == "celery":
+        check_celery_spacing(len(addresses))
     with transaction.atomic():
         campaign = Campaign.objects.create(
             subject=subject,
@@ -66,7 +69,7 @@ def create_campaign(
             html_body=html_body or "",
             from_email=sender,
             # During a queue mode switch, already in the mode it will be sent in (switch.py).
-            mode=held_mode() or settings.BULK_EMAIL_QUEUE_MODE,
+            mode=mode,
         )
         Delivery.objects.bulk_create(
             Delivery(campaign=campaign, recipient=address) for address in addresses
@@ -112,3 +115,20 @@ def validate(subject: str, body: str, html_body: str, sender: str, addresses: li
             f"the message is about {size} bytes; BULK_EMAIL_MAX_MESSAGE_BYTES allows "
             f"{settings.BULK_EMAIL_MAX_MESSAGE_BYTES} (providers refuse larger ones: Gmail at 25 MB)"
         )
+
+
+def check_celery_spacing(recipients: int) -> None:
+    """celery mode: refuse now a campaign whose spaced batches would outwait the broker.
+
+    tasks.check_spacing raises at enqueue time, after the rows are written;
+    a campaign refused there would stay pending and fail every recovery.
+    """
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .tasks import check_spacing
+
+    batches = -(-recipients // settings.BULK_EMAIL_BATCH_SIZE)
+    try:
+        check_spacing(batches)
+    except ImproperlyConfigured as exc:
+        raise ValueError(str(exc)) from None

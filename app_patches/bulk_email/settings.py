@@ -177,6 +177,9 @@ def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "CELERY_TASK_REJECT_ON_WORKER_LOST": True,
         "CELERY_TASK_TRACK_STARTED": True,
         "CELERY_TASK_TIME_LIMIT": time_limit,
+        # The hard limit kills the pool child and fails the task for good (TimeLimitExceeded, no
+        # retry): the soft limit comes first, the task releases its claims and is retried.
+        "CELERY_TASK_SOFT_TIME_LIMIT": max(time_limit - max(time_limit // 10, 5), 1),
         "CELERY_WORKER_PREFETCH_MULTIPLIER": 1,
         # A task still running when the broker connection drops finishes its sends; its
         # message comes back (acks_late) and the ledger skips what it sent.
@@ -195,6 +198,8 @@ def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "BULK_EMAIL_CELERY_MAX_RETRIES": _number(env, "BULK_EMAIL_CELERY_MAX_RETRIES", 8, int),
         "BULK_EMAIL_CELERY_RETRY_BACKOFF": _number(env, "BULK_EMAIL_CELERY_RETRY_BACKOFF", 10, int),
         "BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX": backoff_max,
+        # RabbitMQ only: its consumer_timeout (rabbitmq.conf, default 30 min), which must match.
+        "BULK_EMAIL_CELERY_CONSUMER_TIMEOUT": _number(env, "BULK_EMAIL_CELERY_CONSUMER_TIMEOUT", 1800, int),
     }
     values.update(broker_tls(values["CELERY_BROKER_URL"]))
     _at_least("BULK_EMAIL_CELERY_TASK_TIME_LIMIT", time_limit, 1)
@@ -204,6 +209,11 @@ def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
     _at_least("BULK_EMAIL_CELERY_RESULT_EXPIRES", values["CELERY_RESULT_EXPIRES"], 60)
     # The longest countdown is a retry's (<= backoff max); campaigns check their own spacing.
     _at_least("BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT", visibility, time_limit + backoff_max + 60)
+    # RabbitMQ closes the channel of a consumer holding an unacknowledged message longer than its
+    # consumer_timeout; with late acks a task holds its message for its countdown plus its run.
+    if urlsplit(values["CELERY_BROKER_URL"]).scheme in ("amqp", "amqps"):
+        _at_least("BULK_EMAIL_CELERY_CONSUMER_TIMEOUT", values["BULK_EMAIL_CELERY_CONSUMER_TIMEOUT"],
+                  time_limit + backoff_max + 60)
     return values
 
 

@@ -146,6 +146,17 @@ def test_celery_mode_settings_follow_the_guide_and_choose_reliability_on_purpose
     assert not any(name.startswith("CELERY_") for name in load({}))  # batch mode has none
 
 
+def test_celery_mode_refuses_a_rabbitmq_consumer_timeout_shorter_than_a_task_and_its_wait():
+    """RabbitMQ closes the channel of a consumer that holds a message unacknowledged longer than
+    consumer_timeout (default 30 min): with late acks that is the countdown plus the run."""
+    env = {**CELERY_ENV, "BULK_EMAIL_CELERY_BROKER_URL": "amqp://app:secret@127.0.0.1:5672/edupulse"}
+    with pytest.raises(ImproperlyConfigured, match="BULK_EMAIL_CELERY_CONSUMER_TIMEOUT"):
+        load({**env, "BULK_EMAIL_CELERY_CONSUMER_TIMEOUT": "900"})
+    assert load(env)["BULK_EMAIL_CELERY_CONSUMER_TIMEOUT"] == 1800
+    values = load(env)
+    assert values["CELERY_TASK_SOFT_TIME_LIMIT"] < values["CELERY_TASK_TIME_LIMIT"]
+
+
 def test_celery_mode_accepts_a_rabbitmq_broker_and_a_shorter_visibility_timeout():
     values = load({
         **CELERY_ENV,
