@@ -311,6 +311,7 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
 # EHLO, STARTTLS, EHLO again, AUTH (up to 3 round trips), MAIL, RCPT, DATA, writing the message,
 # and the QUIT of a failed attempt. The reply to the final dot gets BULK_EMAIL_DATA_REPLY_TIMEOUT.
 ATTEMPT_TIMEOUTS = 12
+CLAIM_REFRESH_INTERVAL = 5
 
 
 def longest_attempt(values: Mapping[str, Any]) -> float:
@@ -320,7 +321,8 @@ def longest_attempt(values: Mapping[str, Any]) -> float:
     backoff sleep; nothing can refresh it while it blocks in one.
     """
     attempt = ATTEMPT_TIMEOUTS * values["EMAIL_TIMEOUT"] + values["BULK_EMAIL_DATA_REPLY_TIMEOUT"]
-    return attempt + values["BULK_EMAIL_RETRY_BACKOFF_MAX"]
+    # + the age a claim may have when a refresh is skipped (sending.REFRESH_INTERVAL, 5 s).
+    return attempt + values["BULK_EMAIL_RETRY_BACKOFF_MAX"] + CLAIM_REFRESH_INTERVAL
 
 
 def check_claim_timeout(values: Mapping[str, Any]) -> None:
@@ -332,7 +334,8 @@ def check_claim_timeout(values: Mapping[str, Any]) -> None:
             f"BULK_EMAIL_CLAIM_TIMEOUT ({values['BULK_EMAIL_CLAIM_TIMEOUT']} s) must exceed the longest "
             f"SMTP attempt, {longest:.0f} s = {ATTEMPT_TIMEOUTS} x EMAIL_TIMEOUT ({values['EMAIL_TIMEOUT']} s) "
             f"+ BULK_EMAIL_DATA_REPLY_TIMEOUT ({values['BULK_EMAIL_DATA_REPLY_TIMEOUT']} s) "
-            f"+ BULK_EMAIL_RETRY_BACKOFF_MAX ({values['BULK_EMAIL_RETRY_BACKOFF_MAX']} s); raise "
+            f"+ BULK_EMAIL_RETRY_BACKOFF_MAX ({values['BULK_EMAIL_RETRY_BACKOFF_MAX']} s) "
+            f"+ {CLAIM_REFRESH_INTERVAL} s between claim refreshes; raise "
             "BULK_EMAIL_CLAIM_TIMEOUT or lower EMAIL_TIMEOUT / BULK_EMAIL_DATA_REPLY_TIMEOUT"
         )
 
