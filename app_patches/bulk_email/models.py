@@ -6,7 +6,7 @@ crash, a retry or a second worker never mails the same person twice, and
 the pending rows are exactly the work that remains.
 
 A pending row can be *claimed* (claimed_by/claimed_at set) by the one
-runner that is sending it right now; see sending.claim for why and how a
+runner that is sending it right now; see bulk_email.claims for why and how a
 claim left behind by a killed process is taken over.
 """
 import uuid
