@@ -267,3 +267,23 @@ def test_a_refused_login_is_not_tried_again_by_later_batches_until_the_configura
     with pytest.raises(SmtpConfigurationError):
         send_deliveries(batches[1], sleep=sleep, runner="rq:job-2")
     assert CountingRefusedLogin.logins == 2
+
+
+@pytest.mark.django_db(databases=["default", "postgres"], transaction=True)
+@pytest.mark.parametrize(
+    "probe",
+    [
+        test_a_stale_sender_never_overwrites_the_ledger_of_the_runner_that_took_over,
+        test_a_sender_whose_claim_was_taken_during_the_backoff_does_not_send_again,
+        test_another_machine_with_the_same_host_name_keeps_its_live_claim,
+        test_a_host_whose_clock_runs_fast_does_not_expire_a_live_claim,
+        test_a_refused_recipient_is_still_failed_on_its_own,
+    ],
+    ids=lambda probe: probe.__name__.removeprefix("test_"),
+)
+def test_the_claim_probes_hold_on_postgresql_too(probe, request, on_postgres):
+    """The same probes against PostgreSQL (row locks, its own clock, varchar limits)."""
+    import inspect
+
+    assert on_postgres.vendor == "postgresql"
+    probe(**{name: request.getfixturevalue(name) for name in inspect.signature(probe).parameters})
