@@ -6,7 +6,7 @@ crash, a retry or a second worker never mails the same person twice, and
 the pending rows are exactly the work that remains.
 
 A pending row can be *claimed* (claimed_by/claimed_at set) by the one
-runner that is sending it right now; see sending.claim for why and how a
+runner that is sending it right now; see bulk_email.claims for why and how a
 claim left behind by a killed process is taken over.
 """
 import uuid
@@ -88,3 +88,21 @@ class Delivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.recipient} [{self.status}]"
+
+
+class LoginRefusal(models.Model):
+    """The SMTP server refused the login of one email configuration (its fingerprint).
+
+    Shared by every process through the database, so that after one 535 the
+    other batches and the queue's retries do not log in again with the same
+    wrong password (providers lock an account after a few failed logins).
+    A changed configuration has another fingerprint and is tried at once;
+    the refusal also lapses after BULK_EMAIL_LOGIN_REFUSAL_HOLD seconds.
+    """
+
+    fingerprint = models.CharField(max_length=64, primary_key=True)
+    error = models.TextField()
+    refused_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.error} ({self.refused_at:%Y-%m-%d %H:%M})"

@@ -31,10 +31,12 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import django_rq
 from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
 from rq import Queue, Retry, get_current_job
 from rq.job import Job
 from rq.registry import (
@@ -47,7 +49,8 @@ from rq.registry import (
 from rq.scheduler import RQScheduler
 from rq.utils import current_timestamp
 
-from .models import Campaign
+from .claims import expiry
+from .models import Campaign, Delivery
 from .sending import (
     JOB_PREFIX,
     CampaignRun,
@@ -197,6 +200,62 @@ def recover_abandoned(timestamp: float | None = None) -> int:
             found += len(expired)
             logger.warning("batch email recovered abandoned jobs queue=%s jobs=%s", name, ",".join(expired))
     return found
+
+
+# A campaign dispatched this recently may still be enqueuing its jobs (on commit): leave it.
+LOST_GRACE = timedelta(seconds=60)
+
+
+def live_job_ids() -> list[str]:
+    """Ids of the email queue's jobs that will still run: queued, started, scheduled, deferred.
+
+    Failed jobs do not count as live, but a campaign with one is left to
+    retry_failed (see recover_lost_batches).
+    """
+    queue = email_queue()
+    ids = list(queue.get_job_ids())
+    for registry in (StartedJobRegistry, ScheduledJobRegistry, DeferredJobRegistry):
+        ids += registry(queue=queue).get_job_ids(cleanup=False)
+    return [job.split(":", 1)[0] for job in ids]  # started entries are "<job id>:<execution>"
+
+
+def recover_lost_batches(now: datetime | None = None) -> int:
+    """Enqueue again the pending deliveries of rq campaigns none of whose jobs exists; return how many.
+
+    Redis can lose jobs without a trace in the ledger: a crash without
+    persistence, a restore from an older backup, django-rq's "Empty queue",
+    an enqueue that failed half way. Such a campaign is dispatched in rq
+    mode, has pending deliveries nobody holds (unclaimed or expired), and no
+    queued, started, scheduled or deferred job in Redis; a campaign with a
+    failed job is retry_failed's (re-enqueuing it here every minute would
+    make RQ's retry limit endless). Enqueuing a batch that does have a job
+    somewhere is harmless: the claims let one runner send each delivery.
+    """
+    now = now or timezone.now()
+    unsent = Delivery.objects.filter(
+        status=Delivery.Status.PENDING, campaign__mode="rq",
+        campaign__dispatched_at__lt=now - LOST_GRACE,
+    ).filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=expiry()))
+    campaigns = list(Campaign.objects.filter(pk__in=unsent.values("campaign_id")))
+    if not campaigns:
+        return 0
+    live = live_job_ids()
+    failed = failed_campaign_jobs()
+    recovered = 0
+    queue = email_queue()
+    for campaign in campaigns:
+        prefix = campaign_prefix(campaign.id)
+        if any(job.startswith(prefix) for job in (*live, *failed)):
+            continue
+        batches = pending_batches(campaign)
+        for index, batch in enumerate(batches):
+            enqueue_batch(queue, campaign, batch, index + 1, len(batches),
+                          delay=index * settings.BULK_EMAIL_BATCH_DELAY)
+        count = sum(len(batch) for batch in batches)
+        recovered += count
+        logger.warning("batch email campaign=%s re-enqueued recipients=%d (its jobs were lost)",
+                       campaign.id, count)
+    return recovered
 
 
 def enqueue_due_scheduled() -> int:

@@ -2,7 +2,11 @@
 
 The unit of work is :func:`send_deliveries`: "send these delivery ids over
 one connection". Batch mode calls it once per batch, in process; the rq and
-celery modes will enqueue the same call, one job per batch.
+celery modes enqueue the same call, one job per batch. The pieces it uses
+live beside it: SMTP error classes (smtp_errors), claims and the ledger's
+marks (claims), the connection (connection), the quota (quota). Their
+names are re-exported here for the modules and commands that import them
+from ``bulk_email.sending``.
 
 Rules, and why:
 
@@ -11,6 +15,11 @@ Rules, and why:
   ``send_messages(list)`` only returns a count, so after a failure nobody
   could tell which ones got through; sending them again would mail people
   twice.
+* A batch is claimed in one statement (and with it the quota reserved)
+  before anything is sent; every mark is a compare-and-set on this
+  runner's claim, refreshed before each attempt and before each backoff
+  sleep (see claims). A delivery another runner holds, or took over from
+  this one, counts as ``busy`` and stays as that runner leaves it.
 * Transient errors (SMTP 4xx such as 421/451, a dropped connection, a
   timeout or another socket error) close the connection, wait with
   exponential backoff (BULK_EMAIL_RETRY_BACKOFF * 2**n, capped by
@@ -21,52 +30,78 @@ Rules, and why:
   OUTAGE_AFTER such recipients in a row the run stops, because the server
   is down rather than picky, and retrying every remaining recipient would
   only burn time.
-* Permanent errors (SMTP 5xx, refused recipient, invalid address) mark
-  the delivery failed with the error; it is not retried and sending goes
-  on with the next recipient.
+* A recipient refused at RCPT (5xx) or an invalid address marks the
+  delivery failed; sending goes on with the next recipient.
+* A 5xx at MAIL FROM or DATA refuses the account or the message (daily
+  sending limit, relay denied, message too big): the run stops with the
+  reason and every unsent delivery stays pending (smtp_errors.STOP).
 * A rejected login (SMTP 5xx on AUTH) or a server without STARTTLS is a
-  configuration problem affecting every message: the run stops with the
-  exception and all unsent deliveries stay pending.
-* Before each message the quota hook is asked; when it refuses, the run
-  stops and the rest stays pending.
-* Before each message the runner *claims* the delivery (see :func:`claim`),
-  so two runners given the same ids (an rq job run twice, two overlapping
-  ``--resume`` runs) never both send it. A delivery claimed by another live
-  runner is skipped and counted as ``busy``: it stays pending.
+  configuration problem affecting every message: the run raises
+  SmtpConfigurationError (a one-line message) and all unsent deliveries
+  stay pending.
 
-The one window that cannot be closed: the server has answered 250 but the
-process dies before the UPDATE that marks the delivery sent has committed.
-The ledger still says pending, the claim expires after
-BULK_EMAIL_CLAIM_TIMEOUT, and the message is sent a second time. The mark
-is therefore its own autocommitted UPDATE issued right after the reply (no
-surrounding transaction, nothing else in between), which shrinks the window
-to one database write; and the Message-ID is stable per delivery, so
-receiving systems can drop the copy.
+The window that remains: the server has answered 250 to the final dot, but
+the process dies (SIGKILL, OOM, power loss) or loses the database before
+the UPDATE that marks the delivery sent has committed. The ledger still
+says pending, the claim expires after BULK_EMAIL_CLAIM_TIMEOUT (or at once
+if the holder's pid is gone on the same machine), and the message is sent
+a second time. The mark is therefore its own autocommitted UPDATE issued
+right after the reply (no surrounding transaction, nothing else in
+between), which shrinks the window to one database write; and the
+Message-ID is stable per delivery, so receiving systems can drop the copy.
+What no longer sends twice: a slow reply to the final dot (waited for up
+to BULK_EMAIL_DATA_REPLY_TIMEOUT, RFC 5321's 10 minutes, see connection),
+and a runner that outlived its claim (its marks are compare-and-sets, see
+claims). A reply lost in the network (the server sent 250, we saw a
+timeout after waiting the full data reply timeout) is indistinguishable
+from no reply and is retried: that, too, is a copy with the same
+Message-ID.
 """
-import functools
 import logging
-import os
 import secrets
 import smtplib
-import socket
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.core.mail.backends.base import BaseEmailBackend
-from django.core.mail.backends.smtp import EmailBackend as SMTPBackend
 from django.core.mail.utils import DNS_NAME
 from django.core.validators import validate_email
-from django.db.models import F, Q
-from django.utils import timezone
 
+from . import login_refusals, quota
+from .claims import (  # noqa: F401  (re-exported: bulk_email.sending names others import)
+    claim,
+    claim_batch,
+    claim_name,
+    default_runner,
+    execution_token,
+    holder_is_dead,
+    machine_identity,
+    mark,
+    refresh,
+    release_claims,
+)
+from .connection import (  # noqa: F401
+    close_quietly,
+    preload,
+    prepare_connection,
+    share_tls_context,
+    tls_context,
+)
 from .models import Campaign, Delivery
-from .quota import get_quota_hook
+from .smtp_errors import (  # noqa: F401
+    FATAL,
+    PERMANENT,
+    STOP,
+    TRANSIENT,
+    SmtpConfigurationError,
+    classify,
+    configuration_error,
+    describe,
+)
 
 logger = logging.getLogger("bulk_email")
 
@@ -76,7 +111,6 @@ OUTAGE_AFTER = 3
 Sleep = Callable[[float], None]
 
 SENT, FAILED, DEFERRED, BUSY = "sent", "failed", "deferred", "busy"
-TRANSIENT, PERMANENT, FATAL = "transient", "permanent", "fatal"
 
 
 @dataclass
@@ -86,7 +120,7 @@ class SendResult:
     sent: int = 0
     failed: int = 0
     deferred: int = 0
-    busy: int = 0  # claimed by another runner that is still within the claim timeout
+    busy: int = 0  # held by another live runner, or taken over from this one
     stopped: str | None = None
 
     def add(self, outcome: str) -> None:
@@ -116,36 +150,8 @@ class CampaignRun:
         return self.results[-1].stopped if self.results else None
 
 
-def classify(exc: Exception) -> str:
-    """Say whether an error from one send is TRANSIENT, PERMANENT or FATAL (see module doc)."""
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        codes = [code for code, _ in exc.recipients.values()]
-        return TRANSIENT if codes and all(400 <= code < 500 for code in codes) else PERMANENT
-    if isinstance(exc, smtplib.SMTPResponseException):
-        if 400 <= exc.smtp_code < 500:
-            return TRANSIENT
-        return FATAL if isinstance(exc, smtplib.SMTPAuthenticationError) else PERMANENT
-    if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return FATAL
-    if isinstance(exc, OSError):  # SMTPServerDisconnected, timeouts, refused/reset connections
-        return TRANSIENT
-    if isinstance(exc, (ValueError, ValidationError)):  # address Django cannot encode
-        return PERMANENT
-    raise exc
-
-
-def describe(exc: Exception) -> str:
-    """Render an error for the ledger, with the SMTP code and text when there is one."""
-    if isinstance(exc, smtplib.SMTPRecipientsRefused) and exc.recipients:
-        code, text = next(iter(exc.recipients.values()))
-        return f"{type(exc).__name__}: {code} {_text(text)}"
-    if isinstance(exc, smtplib.SMTPResponseException):
-        return f"{type(exc).__name__}: {exc.smtp_code} {_text(exc.smtp_error)}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+class Stop(Exception):
+    """Raised by deliver() when the whole run must stop (smtp_errors.STOP); carries the reason."""
 
 
 def backoff(attempt: int) -> float:
@@ -180,161 +186,59 @@ def build_message(delivery: Delivery, connection: BaseEmailBackend) -> EmailMult
     return message
 
 
-@functools.cache
-def tls_context() -> ssl.SSLContext:
-    """The client TLS context of this process's SMTP connections, built once per process.
+# A claim refreshed less than this many seconds ago (and no sleep since) cannot have expired,
+# so the refresh before the next attempt is skipped: most messages of a batch then cost one
+# statement (the mark). settings.longest_attempt adds it to what the claim timeout must exceed.
+REFRESH_INTERVAL = 5.0  # = settings.CLAIM_REFRESH_INTERVAL
 
-    Django's SMTP backend builds ``ssl.create_default_context()`` for every
-    connection, i.e. every batch, and loading the system trust store is most
-    of that: 40-80 ms on a 2-core server, 2-4 ms per message at 20 messages
-    per batch (bench/, README "Benchmarks"). One context per process checks
-    exactly the same (chain and host name against the system trust store); a
-    CA added to the trust store is seen once the process restarts.
+
+@dataclass
+class Claimed:
+    """The deliveries of one batch this runner holds; refreshed together, shrinking as they end."""
+
+    runner: str
+    ids: set[int]
+    refreshed_at: float = float("-inf")  # time.monotonic() just before the last refresh began
+
+    def keep(self, delivery: Delivery) -> bool:
+        """Refresh every claim still held (CAS); True if ``delivery`` is still this runner's."""
+        started = time.monotonic()
+        if started - self.refreshed_at >= REFRESH_INTERVAL:
+            self.ids = refresh(sorted(self.ids), self.runner) if self.ids else set()
+            self.refreshed_at = started
+        return delivery.pk in self.ids
+
+    def slept(self) -> None:
+        """After a sleep the next keep() refreshes, however short the sleep seemed."""
+        self.refreshed_at = float("-inf")
+
+    def mark(self, delivery: Delivery, status: str, error: str = "") -> bool:
+        """mark() on this runner's claim; a final status (or a lost claim) drops the delivery."""
+        kept = mark(delivery, self.runner, status, error)
+        if status != Delivery.Status.PENDING or not kept:
+            self.ids.discard(delivery.pk)
+        return kept
+
+
+def deliver(delivery: Delivery, connection: BaseEmailBackend, sleep: Sleep, claimed: Claimed) -> str:
+    """Send one claimed delivery, retrying transient errors; return SENT, FAILED, DEFERRED or BUSY.
+
+    BUSY means the claim was lost (taken over after it expired): the ledger
+    is left as the other runner writes it. Raises Stop or
+    SmtpConfigurationError when the run must end.
     """
-    return ssl.create_default_context()
-
-
-def share_tls_context(connection: BaseEmailBackend) -> BaseEmailBackend:
-    """Give a Django SMTP connection this process's TLS context (see tls_context).
-
-    Only where Django would build that same default context itself: a backend
-    with a client certificate (EMAIL_SSL_CERTFILE/KEYFILE) or another backend
-    class keeps its own behaviour.
-    """
-    if isinstance(connection, SMTPBackend) and not (connection.ssl_certfile or connection.ssl_keyfile):
-        connection.ssl_context = tls_context()  # Django's cached_property: the instance's value wins
-    return connection
-
-
-def preload() -> None:
-    """Load what sending needs (SMTP backend, TLS trust store) now rather than at the first send.
-
-    For processes that fork a child per job (rq's work-horses): the children
-    inherit it instead of each loading it again (bulk_email.rq_worker).
-    """
-    get_connection(fail_silently=False)
-    tls_context()
-
-
-def close_quietly(connection: BaseEmailBackend) -> None:
-    """Close a connection that may already be broken; errors here change nothing."""
-    try:
-        connection.close()
-    except (smtplib.SMTPException, OSError):
-        pass
-
-
-def default_runner() -> str:
-    """The claim name of a runner outside rq: host and pid, enough to find it in the logs."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def execution_token() -> str:
-    """This execution's part of a claim name: host, pid and a random token.
-
-    Host and pid let a runner on the same host see at once that the holder
-    of a claim is gone (a killed Celery pool child, whose task comes back at
-    once): see ``holder_is_dead``.
-    """
-    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-def holder_is_dead(claimed_by: str) -> bool:
-    """True if a claim's holder was a process on this host that no longer exists.
-
-    Only a definite answer counts: another host, a name without a pid, or a
-    process we may not signal (another user's) is treated as alive, and its
-    claim waits for BULK_EMAIL_CLAIM_TIMEOUT as before.
-    """
-    _, _, token = claimed_by.rpartition("#")
-    host, _, rest = token.partition(":")
-    pid_text = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False
-
-
-def claim(delivery: Delivery, runner: str) -> bool:
-    """Atomically take a pending delivery for ``runner``; False if another runner holds it.
-
-    One UPDATE ... WHERE status='pending' AND (unclaimed OR claim expired):
-    the database serialises concurrent UPDATEs of a row (SQLite takes its
-    write lock, PostgreSQL re-checks the WHERE after waiting for the row
-    lock), so exactly one runner sees a row count of 1. This works the same
-    on SQLite, which has no SELECT ... FOR UPDATE SKIP LOCKED.
-
-    A claim older than BULK_EMAIL_CLAIM_TIMEOUT belongs to a runner that was
-    killed between claiming and marking (SIGKILL, OOM, power loss), because
-    a live runner refreshes claimed_at on every attempt (see _mark). Taking
-    it over is what keeps such a delivery from being lost.
-    """
-    now = timezone.now()
-    expired = now - timedelta(seconds=settings.BULK_EMAIL_CLAIM_TIMEOUT)
-    taken = (
-        Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.PENDING)
-        .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=expired))
-        .update(claimed_by=runner, claimed_at=now)
-    )
-    if not taken:
-        # The holder was killed on this host (a Celery pool child): take its claim now instead of
-        # after the timeout. The UPDATE matches the dead holder's name, so only one runner wins.
-        holder = Delivery.objects.filter(pk=delivery.pk, status=Delivery.Status.PENDING).values_list(
-            "claimed_by", flat=True).first()
-        if holder and holder_is_dead(holder):
-            taken = Delivery.objects.filter(
-                pk=delivery.pk, status=Delivery.Status.PENDING, claimed_by=holder
-            ).update(claimed_by=runner, claimed_at=now)
-            if taken:
-                logger.warning("batch email recipient=%s reclaimed from %s (process gone)",
-                               delivery.recipient, holder)
-                return True
-    if taken and delivery.claimed_at is not None:
-        logger.warning(
-            "batch email recipient=%s reclaimed from %s (claimed at %s, runner presumed dead)",
-            delivery.recipient, delivery.claimed_by, delivery.claimed_at.isoformat(),
-        )
-    return bool(taken)
-
-
-def release_claims(delivery_ids: Sequence[int], runner: str) -> None:
-    """Drop the claims ``runner`` still holds among ``delivery_ids`` (run ended or failed)."""
-    Delivery.objects.filter(
-        pk__in=list(delivery_ids), status=Delivery.Status.PENDING, claimed_by=runner
-    ).update(claimed_by="", claimed_at=None)
-
-
-def _mark(delivery: Delivery, status: str, error: str = "") -> None:
-    """Record one attempt in the ledger, committed at once (autocommit).
-
-    A final status ends the claim (claimed_at NULL, claimed_by kept as the
-    sender's name); a retryable attempt keeps it and refreshes claimed_at,
-    so a slow but live runner is never mistaken for a dead one.
-    """
-    now = timezone.now()
-    changes: dict = {"attempts": F("attempts") + 1, "last_error": error, "status": status}
-    changes["claimed_at"] = now if status == Delivery.Status.PENDING else None
-    if status == Delivery.Status.SENT:
-        changes["sent_at"] = now
-    Delivery.objects.filter(pk=delivery.pk).update(**changes)
-
-
-def deliver(delivery: Delivery, connection: BaseEmailBackend, sleep: Sleep) -> str:
-    """Send one delivery, retrying transient errors; return SENT, FAILED or DEFERRED."""
     try:
         validate_email(delivery.recipient)
     except ValidationError:
-        _mark(delivery, Delivery.Status.FAILED, f"invalid address: {delivery.recipient!r}")
+        if not claimed.mark(delivery, Delivery.Status.FAILED, f"invalid address: {delivery.recipient!r}"):
+            return BUSY
         logger.warning("batch email recipient=%s failed: invalid address", delivery.recipient)
         return FAILED
     message = build_message(delivery, connection)
     max_attempts = settings.BULK_EMAIL_MAX_ATTEMPTS
     for attempt in range(1, max_attempts + 1):
+        if not claimed.keep(delivery):
+            return BUSY
         try:
             connection.open()  # a no-op while the connection is up
             accepted = connection.send_messages([message])
@@ -342,27 +246,37 @@ def deliver(delivery: Delivery, connection: BaseEmailBackend, sleep: Sleep) -> s
             close_quietly(connection)
             kind = classify(exc)
             error = describe(exc)
-            if kind == FATAL:
-                _mark(delivery, Delivery.Status.PENDING, error)
+            if kind in (FATAL, STOP):
+                claimed.mark(delivery, Delivery.Status.PENDING, error)
                 logger.error("batch email stopped: %s", error)
-                raise
+                if kind == FATAL:
+                    raise configuration_error(exc) from exc
+                raise Stop(
+                    f"{error}: the server refused the sending account or the message, not the "
+                    "recipient; remaining deliveries stay pending"
+                ) from exc
             if kind == PERMANENT:
-                _mark(delivery, Delivery.Status.FAILED, error)
+                if not claimed.mark(delivery, Delivery.Status.FAILED, error):
+                    return BUSY
                 logger.warning("batch email recipient=%s failed: %s", delivery.recipient, error)
                 return FAILED
-            _mark(delivery, Delivery.Status.PENDING, error)
+            if not claimed.mark(delivery, Delivery.Status.PENDING, error):  # also the pre-sleep refresh
+                return BUSY
             logger.info(
                 "batch email recipient=%s attempt %d/%d: %s",
                 delivery.recipient, attempt, max_attempts, error,
             )
             if attempt < max_attempts:
+                if not claimed.keep(delivery):
+                    return BUSY
                 sleep(backoff(attempt))
+                claimed.slept()
             continue
         if accepted != 1:
-            _mark(delivery, Delivery.Status.FAILED, "the email backend did not send the message")
+            if not claimed.mark(delivery, Delivery.Status.FAILED, "the email backend did not send the message"):
+                return BUSY
             return FAILED
-        _mark(delivery, Delivery.Status.SENT)
-        return SENT
+        return SENT if claimed.mark(delivery, Delivery.Status.SENT) else BUSY
     return DEFERRED
 
 
@@ -376,8 +290,9 @@ def send_deliveries(
     """Send the still-pending deliveries among ``delivery_ids`` over one connection.
 
     The connection is opened once and reused; it is closed at the end only
-    if this function created it. Deliveries already sent or failed are
-    skipped, and each one is claimed before it is sent, so calling this
+    if this function created it. The batch is claimed first (claims.claim_batch,
+    with the daily quota reserved in the same step); deliveries already sent
+    or failed, or held by another live runner, are skipped, so calling this
     twice with the same ids, even at the same time, sends nobody twice.
     ``runner`` names the claimant (the rq job or Celery task id); each call
     adds a token of its own, because two executions of one job or task can
@@ -386,49 +301,101 @@ def send_deliveries(
     that ends first would release the claims of the one still sending, and a
     third could send the same recipient again.
     """
-    runner = f"{runner or default_runner()}#{execution_token()}"
-    deliveries = (
-        Delivery.objects.filter(pk__in=list(delivery_ids), status=Delivery.Status.PENDING)
-        .select_related("campaign")
-        .order_by("pk")
-    )
-    own_connection = connection is None
-    connection = connection or share_tls_context(get_connection(fail_silently=False))
-    quota_hook = get_quota_hook()
+    runner = claim_name(runner)
+    ids = list(delivery_ids)
     result = SendResult()
-    deferred_in_a_row = 0
+    own_connection = connection is None
+    if own_connection and (refusal := login_refusals.refused()):
+        result.stopped = refusal
+        result.deferred = Delivery.objects.filter(pk__in=ids, status=Delivery.Status.PENDING).count()
+        logger.warning("batch email stopped: %s", refusal)
+        return result
+    connection = connection or prepare_connection(get_connection(fail_silently=False))
     try:
-        for delivery in deliveries:
-            reason = quota_hook(delivery)
-            if reason:
-                result.stopped = reason
-                logger.warning("batch email campaign=%s stopped: %s", delivery.campaign_id, reason)
+        handled: set[int] = set()
+        while True:
+            todo = [pk for pk in ids if pk not in handled]
+            freed = _claim_and_send(todo, runner, connection, sleep, result, handled)
+            # Quota-limited and some reserved ones ended without sending (failed, lost): their
+            # reservation is free again, so claim once more from what this run has not handled.
+            if not freed or result.stopped is None or not result.stopped.startswith("daily quota"):
                 break
-            if not claim(delivery, runner):
-                result.add(BUSY)
-                continue
-            outcome = deliver(delivery, connection, sleep)
-            result.add(outcome)
-            if outcome == DEFERRED:
-                release_claims([delivery.pk], runner)
-            deferred_in_a_row = deferred_in_a_row + 1 if outcome == DEFERRED else 0
-            if deferred_in_a_row >= OUTAGE_AFTER:
-                result.stopped = (
-                    f"SMTP server unavailable: {OUTAGE_AFTER} recipients in a row still failing "
-                    f"after {settings.BULK_EMAIL_MAX_ATTEMPTS} attempts; "
-                    "remaining deliveries stay pending"
-                )
-                logger.warning(
-                    "batch email campaign=%s stopped: %s", delivery.campaign_id, result.stopped
-                )
-                break
+            result.stopped = None
+    except SmtpConfigurationError as exc:
+        if own_connection and isinstance(exc.__cause__, smtplib.SMTPAuthenticationError):
+            login_refusals.record(describe(exc.__cause__))
+        raise
     finally:
         # Also on a fatal error or an interrupt: what this runner did not finish is free again.
-        # Only a killed process skips this, and its claims expire (see claim).
-        release_claims(delivery_ids, runner)
+        # Only a killed process skips this, and its claims expire (see claims).
+        release_claims(ids, runner)
         if own_connection:
             close_quietly(connection)
     return result
+
+
+def _claim_and_send(
+    ids: list[int], runner: str, connection: BaseEmailBackend, sleep: Sleep,
+    result: SendResult, handled: set[int],
+) -> bool:
+    """Claim what is free among ``ids`` (reserving the quota) and send it; add to ``result``.
+
+    Returns True if the quota stopped the claim and some reserved deliveries ended without
+    being sent (so a new claim may get more).
+    """
+    limit = quota.reservation_limit()
+    claimed_from = time.monotonic()
+    mine, room = claim_batch(ids, runner, limit)
+    # Given ids that are pending but not ours: held by others, or beyond the quota's room.
+    unclaimed = 0
+    if len(mine) < len(ids):
+        unclaimed = Delivery.objects.filter(pk__in=ids, status=Delivery.Status.PENDING).count() - len(mine)
+    quota_stopped = bool(unclaimed and room == 0)
+    if quota_stopped:
+        result.stopped = quota.refusal(limit)
+        result.deferred += unclaimed
+    else:
+        result.busy += unclaimed
+    deliveries = list(Delivery.objects.filter(pk__in=mine).select_related("campaign").order_by("pk"))
+    handled.update(mine)
+    claimed = Claimed(runner, set(mine), claimed_from)
+    quota_hook = quota.get_quota_hook()
+    deferred_in_a_row = 0
+    unsent_before = result.failed + result.busy
+    for index, delivery in enumerate(deliveries):
+        reason = quota_hook(delivery) if quota_hook else None
+        if reason:
+            result.stopped = reason
+            result.deferred += len(deliveries) - index
+            logger.warning("batch email campaign=%s stopped: %s", delivery.campaign_id, reason)
+            return False
+        try:
+            outcome = deliver(delivery, connection, sleep, claimed)
+        except Stop as stop:
+            result.stopped = str(stop)
+            result.deferred += len(deliveries) - index
+            logger.warning("batch email campaign=%s stopped: %s", delivery.campaign_id, stop)
+            return False
+        result.add(outcome)
+        if outcome == DEFERRED:
+            release_claims([delivery.pk], runner)
+            claimed.ids.discard(delivery.pk)
+        deferred_in_a_row = deferred_in_a_row + 1 if outcome == DEFERRED else 0
+        if deferred_in_a_row >= OUTAGE_AFTER:
+            result.stopped = (
+                f"SMTP server unavailable: {OUTAGE_AFTER} recipients in a row still failing "
+                f"after {settings.BULK_EMAIL_MAX_ATTEMPTS} attempts; "
+                "remaining deliveries stay pending"
+            )
+            result.deferred += len(deliveries) - index - 1
+            logger.warning("batch email campaign=%s stopped: %s", delivery.campaign_id, result.stopped)
+            return False
+    if quota_stopped:
+        logger.warning("batch email stopped: %s", result.stopped)
+        if result.failed + result.busy > unsent_before:
+            result.deferred -= unclaimed  # counted again by the next claim
+            return True
+    return False
 
 
 def chunks(ids: Sequence[int], size: int) -> list[list[int]]:

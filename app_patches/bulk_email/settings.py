@@ -63,6 +63,9 @@ __all__ = [
     "BULK_EMAIL_RETRY_BACKOFF_MAX",
     "BULK_EMAIL_QUOTA_HOOK",
     "BULK_EMAIL_CLAIM_TIMEOUT",
+    "BULK_EMAIL_DATA_REPLY_TIMEOUT",
+    "BULK_EMAIL_MAX_MESSAGE_BYTES",
+    "BULK_EMAIL_LOGIN_REFUSAL_HOLD",
     "BULK_EMAIL_HOLD_FILE",
     "BULK_EMAIL_BATCH_SPOOL_DIR",
     "BULK_EMAIL_RQ_RETRY_INTERVALS",
@@ -201,6 +204,9 @@ def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "CELERY_TASK_REJECT_ON_WORKER_LOST": True,
         "CELERY_TASK_TRACK_STARTED": True,
         "CELERY_TASK_TIME_LIMIT": time_limit,
+        # The hard limit kills the pool child and fails the task for good (TimeLimitExceeded, no
+        # retry): the soft limit comes first, the task releases its claims and is retried.
+        "CELERY_TASK_SOFT_TIME_LIMIT": max(time_limit - max(time_limit // 10, 5), 1),
         "CELERY_WORKER_PREFETCH_MULTIPLIER": 1,
         # A task still running when the broker connection drops finishes its sends; its
         # message comes back (acks_late) and the ledger skips what it sent.
@@ -219,6 +225,8 @@ def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
         "BULK_EMAIL_CELERY_MAX_RETRIES": _number(env, "BULK_EMAIL_CELERY_MAX_RETRIES", 8, int),
         "BULK_EMAIL_CELERY_RETRY_BACKOFF": _number(env, "BULK_EMAIL_CELERY_RETRY_BACKOFF", 10, int),
         "BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX": backoff_max,
+        # RabbitMQ only: its consumer_timeout (rabbitmq.conf, default 30 min), which must match.
+        "BULK_EMAIL_CELERY_CONSUMER_TIMEOUT": _number(env, "BULK_EMAIL_CELERY_CONSUMER_TIMEOUT", 1800, int),
     }
     values.update(broker_tls(values["CELERY_BROKER_URL"]))
     _at_least("BULK_EMAIL_CELERY_TASK_TIME_LIMIT", time_limit, 1)
@@ -228,6 +236,11 @@ def celery_settings(env: Mapping[str, str]) -> dict[str, Any]:
     _at_least("BULK_EMAIL_CELERY_RESULT_EXPIRES", values["CELERY_RESULT_EXPIRES"], 60)
     # The longest countdown is a retry's (<= backoff max); campaigns check their own spacing.
     _at_least("BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT", visibility, time_limit + backoff_max + 60)
+    # RabbitMQ closes the channel of a consumer holding an unacknowledged message longer than its
+    # consumer_timeout; with late acks a task holds its message for its countdown plus its run.
+    if urlsplit(values["CELERY_BROKER_URL"]).scheme in ("amqp", "amqps"):
+        _at_least("BULK_EMAIL_CELERY_CONSUMER_TIMEOUT", values["BULK_EMAIL_CELERY_CONSUMER_TIMEOUT"],
+                  time_limit + backoff_max + 60)
     return values
 
 
@@ -272,10 +285,18 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
         "BULK_EMAIL_QUEUE_MODE": env.get("BULK_EMAIL_QUEUE_MODE", "").strip().lower() or "batch",
         "BULK_EMAIL_QUOTA_HOOK": env.get("BULK_EMAIL_QUOTA_HOOK", "").strip()
         or "bulk_email.quota.daily_quota",
-        # How long a claim on a delivery protects it. A live sender refreshes its claim on
-        # every attempt, so this only has to outlast one SMTP attempt (a few EMAIL_TIMEOUTs);
-        # after it, a delivery left by a killed worker is sent by the next run.
-        "BULK_EMAIL_CLAIM_TIMEOUT": _number(env, "BULK_EMAIL_CLAIM_TIMEOUT", 300, int),
+        # How long a claim on a delivery protects it. A live sender refreshes its claim before
+        # every attempt and every backoff sleep, so this has to outlast the longest attempt
+        # (checked below: see longest_attempt); after it, a delivery left by a worker killed on
+        # another machine is sent by the next run (one killed on the same machine: at once).
+        "BULK_EMAIL_CLAIM_TIMEOUT": _number(env, "BULK_EMAIL_CLAIM_TIMEOUT", 1800, int),
+        # Seconds to wait for the reply to the final dot of DATA (RFC 5321 4.5.3.2.6: 10 min).
+        "BULK_EMAIL_DATA_REPLY_TIMEOUT": _number(env, "BULK_EMAIL_DATA_REPLY_TIMEOUT", 600, float),
+        # Largest message create_campaign accepts (Gmail's limit: 25 MB).
+        "BULK_EMAIL_MAX_MESSAGE_BYTES": _number(env, "BULK_EMAIL_MAX_MESSAGE_BYTES", 25 * 1024 * 1024, int),
+        # After a refused SMTP login, no sender logs in again with the same settings for this
+        # long (bulk_email.login_refusals): providers lock accounts after a few bad logins.
+        "BULK_EMAIL_LOGIN_REFUSAL_HOLD": _number(env, "BULK_EMAIL_LOGIN_REFUSAL_HOLD", 3600, int),
         # A queue mode switch (batch|rq|celery) writes the new mode into this file while the
         # old mode drains; meanwhile campaigns are held, not dispatched (bulk_email.switch).
         # Empty: no switch can be in progress and the file is never looked at.
@@ -298,6 +319,10 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
     _at_least("BULK_EMAIL_RETRY_BACKOFF", values["BULK_EMAIL_RETRY_BACKOFF"], 0)
     _at_least("BULK_EMAIL_RETRY_BACKOFF_MAX", values["BULK_EMAIL_RETRY_BACKOFF_MAX"], 0)
     _at_least("BULK_EMAIL_CLAIM_TIMEOUT", values["BULK_EMAIL_CLAIM_TIMEOUT"], 1)
+    _at_least("BULK_EMAIL_DATA_REPLY_TIMEOUT", values["BULK_EMAIL_DATA_REPLY_TIMEOUT"], values["EMAIL_TIMEOUT"])
+    _at_least("BULK_EMAIL_MAX_MESSAGE_BYTES", values["BULK_EMAIL_MAX_MESSAGE_BYTES"], 1024)
+    _at_least("BULK_EMAIL_LOGIN_REFUSAL_HOLD", values["BULK_EMAIL_LOGIN_REFUSAL_HOLD"], 0)
+    check_claim_timeout(values)
     if values["BULK_EMAIL_QUEUE_MODE"] not in QUEUE_MODES:
         raise ImproperlyConfigured(
             f"BULK_EMAIL_QUEUE_MODE must be one of {', '.join(QUEUE_MODES)}, "
@@ -311,6 +336,39 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
     if values["BULK_EMAIL_QUEUE_MODE"] == "celery":
         values.update(celery_settings(env))
     return values
+
+
+# Socket operations of one attempt that each get EMAIL_TIMEOUT, at most: connect, greeting,
+# EHLO, STARTTLS, EHLO again, AUTH (up to 3 round trips), MAIL, RCPT, DATA, writing the message,
+# and the QUIT of a failed attempt. The reply to the final dot gets BULK_EMAIL_DATA_REPLY_TIMEOUT.
+ATTEMPT_TIMEOUTS = 12
+CLAIM_REFRESH_INTERVAL = 5
+
+
+def longest_attempt(values: Mapping[str, Any]) -> float:
+    """Seconds a live sender may spend between two claim refreshes (an attempt, or a backoff).
+
+    The sender refreshes its claim before each attempt and before each
+    backoff sleep; nothing can refresh it while it blocks in one.
+    """
+    attempt = ATTEMPT_TIMEOUTS * values["EMAIL_TIMEOUT"] + values["BULK_EMAIL_DATA_REPLY_TIMEOUT"]
+    # + the age a claim may have when a refresh is skipped (sending.REFRESH_INTERVAL, 5 s).
+    return attempt + values["BULK_EMAIL_RETRY_BACKOFF_MAX"] + CLAIM_REFRESH_INTERVAL
+
+
+def check_claim_timeout(values: Mapping[str, Any]) -> None:
+    """Refuse a claim timeout that a live sender could outlast: another runner would take the
+    delivery over and send it while the first one may still get its 250."""
+    longest = longest_attempt(values)
+    if values["BULK_EMAIL_CLAIM_TIMEOUT"] <= longest:
+        raise ImproperlyConfigured(
+            f"BULK_EMAIL_CLAIM_TIMEOUT ({values['BULK_EMAIL_CLAIM_TIMEOUT']} s) must exceed the longest "
+            f"SMTP attempt, {longest:.0f} s = {ATTEMPT_TIMEOUTS} x EMAIL_TIMEOUT ({values['EMAIL_TIMEOUT']} s) "
+            f"+ BULK_EMAIL_DATA_REPLY_TIMEOUT ({values['BULK_EMAIL_DATA_REPLY_TIMEOUT']} s) "
+            f"+ BULK_EMAIL_RETRY_BACKOFF_MAX ({values['BULK_EMAIL_RETRY_BACKOFF_MAX']} s) "
+            f"+ {CLAIM_REFRESH_INTERVAL} s between claim refreshes; raise "
+            "BULK_EMAIL_CLAIM_TIMEOUT or lower EMAIL_TIMEOUT / BULK_EMAIL_DATA_REPLY_TIMEOUT"
+        )
 
 
 def installed_apps(mode: str) -> list[str]:
@@ -333,6 +391,9 @@ BULK_EMAIL_RETRY_BACKOFF = _values["BULK_EMAIL_RETRY_BACKOFF"]
 BULK_EMAIL_RETRY_BACKOFF_MAX = _values["BULK_EMAIL_RETRY_BACKOFF_MAX"]
 BULK_EMAIL_QUOTA_HOOK = _values["BULK_EMAIL_QUOTA_HOOK"]
 BULK_EMAIL_CLAIM_TIMEOUT = _values["BULK_EMAIL_CLAIM_TIMEOUT"]
+BULK_EMAIL_DATA_REPLY_TIMEOUT = _values["BULK_EMAIL_DATA_REPLY_TIMEOUT"]
+BULK_EMAIL_MAX_MESSAGE_BYTES = _values["BULK_EMAIL_MAX_MESSAGE_BYTES"]
+BULK_EMAIL_LOGIN_REFUSAL_HOLD = _values["BULK_EMAIL_LOGIN_REFUSAL_HOLD"]
 BULK_EMAIL_HOLD_FILE = _values["BULK_EMAIL_HOLD_FILE"]
 BULK_EMAIL_BATCH_SPOOL_DIR = _values["BULK_EMAIL_BATCH_SPOOL_DIR"]
 EMAIL_USE_LOCALTIME = _values["EMAIL_USE_LOCALTIME"]

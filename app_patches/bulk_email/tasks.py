@@ -28,13 +28,15 @@ import logging
 import time
 from datetime import datetime, timedelta
 
+from billiard.exceptions import SoftTimeLimitExceeded
 from celery import shared_task
 from celery.utils.time import get_exponential_backoff_interval
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.db.models import Max, Min
+from django.db.models import Max, Min, Q
 from django.utils import timezone
 
+from .claims import expiry
 from .models import Campaign, Delivery
 from .sending import (
     CampaignRun,
@@ -79,9 +81,17 @@ def send_batch_task(self, campaign_id: str, delivery_ids: list[int], number: int
                     campaign_id, number, total, campaign.mode)
         return {"sent": 0, "failed": 0, "skipped": campaign.mode}
     runner = f"celery:{self.request.id}"
-    result = send_batch(campaign, delivery_ids, number, total, sleep=time.sleep, runner=runner)
     try:
+        result = send_batch(campaign, delivery_ids, number, total, sleep=time.sleep, runner=runner)
         raise_if_pending(result, campaign_id, number, total)
+    except SoftTimeLimitExceeded as exc:
+        # Before the hard limit kills the child: send_deliveries has released the claims.
+        logger.warning("batch email campaign=%s batch=%d/%d reached the soft time limit; retrying",
+                       campaign_id, number, total)
+        raise self.retry(
+            exc=exc, countdown=retry_countdown(self.request.retries),
+            max_retries=settings.BULK_EMAIL_CELERY_MAX_RETRIES,
+        ) from exc
     except DeliveriesPending as exc:
         raise self.retry(
             exc=exc,
@@ -98,15 +108,18 @@ def check_spacing(batches: int) -> None:
     longer than the visibility timeout, again and again (Celery #2599,
     #7009). Raised before anything is enqueued, so nothing is half-sent.
     """
-    if not str(settings.CELERY_BROKER_URL).startswith(("redis", "rediss")):
-        return
+    if str(settings.CELERY_BROKER_URL).startswith(("redis", "rediss")):
+        limit, name = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"], "visibility timeout"
+        setting = "BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT"
+    else:  # RabbitMQ: a consumer holding a message (countdown, then run) past consumer_timeout
+        limit, name = settings.BULK_EMAIL_CELERY_CONSUMER_TIMEOUT, "consumer timeout"
+        setting = "BULK_EMAIL_CELERY_CONSUMER_TIMEOUT"
     wait = (batches - 1) * settings.BULK_EMAIL_BATCH_DELAY
-    limit = settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
     if wait + settings.CELERY_TASK_TIME_LIMIT >= limit:
         raise ImproperlyConfigured(
             f"a campaign of {batches} batches spaced {settings.BULK_EMAIL_BATCH_DELAY} s apart "
-            f"waits {wait:.0f} s, which with the task time limit exceeds the broker's visibility "
-            f"timeout ({limit} s); raise BULK_EMAIL_CELERY_VISIBILITY_TIMEOUT or BULK_EMAIL_BATCH_SIZE"
+            f"waits {wait:.0f} s, which with the task time limit exceeds the broker's {name} "
+            f"({limit} s); raise {setting} or BULK_EMAIL_BATCH_SIZE"
         )
 
 
@@ -161,18 +174,26 @@ def recover_stranded(now: datetime) -> int:
     from django_celery_results.models import TaskResult
 
     quiet_since = now - stranded_after()
+    # Never attempted and unclaimed (a lost message), or attempted and left under an expired claim
+    # (a pool child killed by the hard time limit: FAILURE without a retry).
     unsent = Delivery.objects.filter(
-        status=Delivery.Status.PENDING, attempts=0, claimed_at__isnull=True,
-        campaign__mode="celery", campaign__created_at__lt=quiet_since,
-    )
+        status=Delivery.Status.PENDING, campaign__mode="celery", campaign__created_at__lt=quiet_since,
+    ).filter(Q(attempts=0, claimed_at__isnull=True) | Q(claimed_at__lt=expiry()))
     recovered = 0
     for campaign in Campaign.objects.filter(pk__in=unsent.values("campaign_id")):
         results = TaskResult.objects.filter(task_id__startswith=campaign_prefix(campaign.id))
         last = results.aggregate(last=Max("date_done"))["last"]
         if last is not None and last >= quiet_since:
             continue
+        if results.filter(status="FAILURE", result__contains="DeliveriesPending").exists():
+            continue  # retries used up: retry_failed's work, not an endless retry every period
         ids = list(unsent.filter(campaign=campaign).order_by("pk").values_list("pk", flat=True))
-        enqueue_batches(campaign, chunks(ids, settings.BULK_EMAIL_BATCH_SIZE))
+        try:
+            enqueue_batches(campaign, chunks(ids, settings.BULK_EMAIL_BATCH_SIZE))
+        except ImproperlyConfigured as exc:  # one campaign must not stop the others' recovery
+            logger.error("batch email campaign=%s stranded recipients=%d not re-enqueued: %s",
+                         campaign.id, len(ids), exc)
+            continue
         recovered += len(ids)
         logger.warning("batch email campaign=%s re-enqueued stranded recipients=%d", campaign.id, len(ids))
     return recovered

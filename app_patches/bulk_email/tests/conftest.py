@@ -238,8 +238,101 @@ def celery_worker(celery_mode):
         yield worker
 
 
+POSTGRES_ALIAS = "postgres"
+
+
+def wants_postgres(items: list[pytest.Item]) -> bool:
+    """True if a collected test asks for the PostgreSQL database (django_db(databases=[...]))."""
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker and POSTGRES_ALIAS in (marker.kwargs.get("databases") or ()):
+            return True
+    return False
+
+
+def start_postgres(directory: Path) -> dict:
+    """initdb and start a throwaway PostgreSQL cluster on a unix socket only (no TCP port).
+
+    PostgreSQL refuses to run as root, so as root the cluster belongs to the
+    ``postgres`` user the distribution package creates. Returns Django's
+    settings for it; the caller stops it with ``pg_ctl stop``.
+    """
+    import glob
+
+    # Debian keeps the server binaries off PATH, in /usr/lib/postgresql/<version>/bin.
+    path = os.pathsep.join([os.environ.get("PATH", ""), *sorted(glob.glob("/usr/lib/postgresql/*/bin"))])
+    binaries = {name: shutil.which(name, path=path) for name in ("initdb", "pg_ctl")}
+    if None in binaries.values():
+        pytest.fail(
+            "PostgreSQL is not installed; the claim tests need it: apt-get install -y postgresql "
+            "(tests/harness/prepare-host.sh)", pytrace=False,
+        )
+    data = directory / "data"
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(directory, "postgres", "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.STDOUT, "check": True}
+    subprocess.run([*prefix, binaries["initdb"], "-D", str(data), "-U", "edupulse", "--auth=trust",
+                    "--no-sync", "-E", "UTF8"], **quiet)
+    options = f"-c listen_addresses='' -k {directory} -c fsync=off -c max_connections=50"
+    subprocess.run([*prefix, binaries["pg_ctl"], "-D", str(data), "-o", options, "-w", "-t", "30",
+                    "-l", str(directory / "log"), "start"], **quiet)
+    return {"ENGINE": "django.db.backends.postgresql", "HOST": str(directory), "NAME": "postgres",
+            "USER": "edupulse", "PASSWORD": "", "PORT": "", "PG_CTL": binaries["pg_ctl"]}
+
+
 @pytest.fixture(scope="session")
-def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory) -> None:
+def postgres_settings(request) -> Iterator[dict | None]:
+    """A private PostgreSQL cluster when a collected test needs one (else None), stopped at the end."""
+    if not wants_postgres(request.session.items):
+        yield None
+        return
+    import tempfile
+
+    # Not under pytest's tmp directory: that one is private to root, and the server runs as postgres.
+    directory = Path(tempfile.mkdtemp(prefix="edupulse-pg-"))
+    database = start_postgres(directory)
+    pg_ctl = database.pop("PG_CTL")
+    try:
+        yield database
+    finally:
+        prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*prefix, pg_ctl, "-D", str(directory / "data"), "-m", "fast",
+                        "-w", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, check=False)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+class PostgresRouter:
+    """Sends every query without an explicit ``using`` to the PostgreSQL test database."""
+
+    def db_for_read(self, model, **hints):
+        return POSTGRES_ALIAS
+
+    def db_for_write(self, model, **hints):
+        return POSTGRES_ALIAS
+
+    def allow_relation(self, obj1, obj2, **hints):
+        return True
+
+
+@pytest.fixture
+def on_postgres(settings):
+    """Run the code under test against PostgreSQL: the router sends the ORM's queries there.
+
+    For tests marked ``django_db(databases=["default", "postgres"], transaction=True)``.
+    """
+    from django.db import connections
+
+    settings.DATABASE_ROUTERS = [PostgresRouter()]
+    yield connections[POSTGRES_ALIAS]
+    settings.DATABASE_ROUTERS = []
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix, tmp_path_factory, postgres_settings
+) -> None:
     """The celery run's worker thread needs a test database on disk, as production has.
 
     Django's default SQLite test database lives in memory with a shared
@@ -252,3 +345,8 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, t
     if settings.BULK_EMAIL_QUEUE_MODE == "celery":
         test = settings.DATABASES["default"].setdefault("TEST", {})
         test["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+    if postgres_settings is not None:
+        from django.db import connections
+
+        settings.DATABASES[POSTGRES_ALIAS] = dict(postgres_settings)
+        connections.configure_settings(settings.DATABASES)  # fill in Django's defaults in place

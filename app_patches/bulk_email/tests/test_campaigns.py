@@ -95,3 +95,40 @@ def test_models_and_migrations_agree():
     out = StringIO()
     call_command("makemigrations", "bulk_email", "--check", "--dry-run", stdout=out)
     assert "No changes detected" in out.getvalue()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"subject": "Exams\nBcc: everyone@example.org"}, "subject must be one line"),
+        ({"subject": "Exams\r"}, "subject must be one line"),
+        ({"subject": "x" * 256}, "subject is 256 characters long; at most 255"),
+        ({"from_email": "office@school.test\nBcc: x@example.org"}, "sender must be one line"),
+        ({"from_email": "not an address"}, "sender 'not an address' is not a valid address"),
+        ({"recipients": ["ok@school.test", "jürgen@school.test"]}, "jürgen@school.test.* non-ASCII local part.*SMTPUTF8"),
+        ({"from_email": "büro@school.test"}, "büro@school.test.* non-ASCII local part"),
+        ({"body": "x" * 3000}, "message is about .* bytes; BULK_EMAIL_MAX_MESSAGE_BYTES allows 2048"),
+    ],
+)
+def test_create_campaign_refuses_bad_input_before_writing_anything(settings, kwargs, message):
+    settings.BULK_EMAIL_MAX_MESSAGE_BYTES = 2048
+    arguments = {"subject": "Exams", "body": "Body", "recipients": ["a@school.test"], **kwargs}
+
+    with pytest.raises(ValueError, match=message):
+        create_campaign(**arguments)
+
+    assert not Delivery.objects.exists()
+    from bulk_email.models import Campaign
+
+    assert not Campaign.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_idna_domain_is_accepted(smtp, sleep):
+    from bulk_email.sending import send_campaign
+
+    campaign = create_campaign("Hi", "Body", ["anna@bücher.test"])
+
+    assert send_campaign(campaign, sleep=sleep).counts["sent"] == 1
+    assert smtp.rcpt_count["anna@xn--bcher-kva.test"] == 1

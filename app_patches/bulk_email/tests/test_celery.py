@@ -182,20 +182,87 @@ def test_batches_are_spaced_by_countdown(celery_mode, settings, monkeypatch):
     assert all(options["task_id"].startswith("bulk_email-") for options in sent)
 
 
-def test_a_campaign_spaced_past_the_visibility_timeout_is_refused_before_enqueuing(
+def test_a_campaign_spaced_past_the_visibility_timeout_is_refused_before_any_row_is_written(
     celery_mode, settings, monkeypatch
 ):
+    """Refused by create_campaign: a campaign written first and refused at enqueue would sit in
+    the ledger, pending, and make every periodic recovery fail on it."""
     settings.BULK_EMAIL_BATCH_DELAY = 60
     settings.BULK_EMAIL_BATCH_SIZE = 1
     sent: list[dict] = []
     monkeypatch.setattr(send_batch_task, "apply_async", lambda **options: sent.append(options))
-    campaign = create_campaign("Timetable", "Body", addresses(60))  # 59 min of countdowns
 
-    with pytest.raises(ImproperlyConfigured, match="visibility timeout"):
-        dispatch(campaign)
+    with pytest.raises(ValueError, match="visibility timeout"):
+        create_campaign("Timetable", "Body", addresses(60))  # 59 min of countdowns
 
     assert sent == []
-    assert campaign.counts()["pending"] == 60
+    assert not Campaign.objects.exists()
+
+
+def test_recovery_goes_on_past_a_campaign_it_cannot_enqueue(celery_mode, settings, monkeypatch):
+    """A stranded campaign that no longer fits the spacing (written before the check, or the
+    settings changed) is logged and skipped; the others are still recovered."""
+    sent: list[dict] = []
+    monkeypatch.setattr(send_batch_task, "apply_async", lambda **options: sent.append(options))
+    settings.BULK_EMAIL_BATCH_SIZE = 1
+    too_big = create_campaign("Big", "Body", addresses(60))
+    fine = create_campaign("Small", "Body", ["x@school.test"])
+    settings.BULK_EMAIL_BATCH_DELAY = 60  # now 60 batches would wait 59 minutes
+    later = timezone.now() + stranded_after() + timedelta(seconds=1)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+
+    report = queue_health.apply().get()
+
+    assert report["recovered"] == 1
+    assert [options["args"][0] for options in sent] == [str(fine.id)]
+    assert too_big.counts()["pending"] == 60
+
+
+def test_deliveries_of_a_batch_killed_by_the_hard_time_limit_are_recovered(celery_mode, settings, monkeypatch):
+    """TimeLimitExceeded: the pool child is killed mid-send, the task is FAILURE without a retry,
+    its deliveries were attempted and are still claimed by the dead child."""
+    sent: list[dict] = []
+    monkeypatch.setattr(send_batch_task, "apply_async", lambda **options: sent.append(options))
+    campaign = create_campaign("Timetable", "Body", addresses(3))
+    campaign.deliveries.update(attempts=1, claimed_by="celery:killed#0:1:x",
+                               claimed_at=timezone.now() - timedelta(days=1))
+    TaskResult.objects.create(
+        task_id=f"bulk_email-{campaign.id}-1-0000abcd", task_name=SEND_BATCH, status="FAILURE",
+        result=json.dumps({"exc_type": "TimeLimitExceeded", "exc_message": ["600"]}),
+    )
+    later = timezone.now() + stranded_after() + timedelta(seconds=1)
+    monkeypatch.setattr(timezone, "now", lambda: later)
+
+    assert queue_health.apply().get()["recovered"] == 3
+    assert sum(len(options["args"][1]) for options in sent) == 3
+
+
+def test_a_batch_that_reaches_the_soft_time_limit_is_retried(
+    celery_mode, smtp, monkeypatch
+):
+    from billiard.exceptions import SoftTimeLimitExceeded
+
+    from bulk_email import tasks
+
+    campaign = create_campaign("Timetable", "Body", addresses(2))
+    ids = list(campaign.deliveries.values_list("pk", flat=True))
+
+    real_send_batch = tasks.send_batch
+    calls: list[int] = []
+
+    def hits_the_soft_limit_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise SoftTimeLimitExceeded()
+        return real_send_batch(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "send_batch", hits_the_soft_limit_once)
+    result = send_batch_task.apply(args=(str(campaign.id), ids, 1, 1))  # eager: retries run inline
+
+    assert result.state == "SUCCESS", result.traceback
+    assert len(calls) == 2
+    assert smtp.received() == {address: 1 for address in addresses(2)}
+    assert settings.CELERY_TASK_SOFT_TIME_LIMIT < settings.CELERY_TASK_TIME_LIMIT
 
 
 def test_queue_health_reports_the_backlog(celery_mode):

@@ -294,3 +294,31 @@ def test_retry_failed_include_failed_resends_failed_deliveries_once(fast):
     assert json.loads(lines[-1])["retried"] == 1
     assert fast.received() == {"ok@x.test": 1, "bad@x.test": 1}
     assert Campaign.objects.get().counts() == {"pending": 0, "sent": 2, "failed": 0}
+
+
+class RefusingLogin:
+    """An email backend whose every login is refused, as a wrong EMAIL_HOST_PASSWORD is."""
+
+    def __init__(self, **kwargs):
+        pass
+
+    def open(self):
+        import smtplib
+
+        raise smtplib.SMTPAuthenticationError(535, b"5.7.8 Username and Password not accepted")
+
+    def close(self):
+        pass
+
+
+def test_a_refused_login_ends_send_campaign_with_one_line_and_a_summary(fast, settings):
+    settings.EMAIL_BACKEND = f"{__name__}.RefusingLogin"
+    out = StringIO()
+
+    with pytest.raises(CommandError) as refused:
+        call_command("send_campaign", "--subject", "Hi", "--body", "x",
+                     "--to", "a@school.test", "--to", "b@school.test", stdout=out)
+
+    assert str(refused.value).startswith("SMTP login refused (SMTPAuthenticationError: 535 5.7.8")
+    assert "\n" not in str(refused.value)
+    assert "mode=batch recipients=2 sent=0 failed=0 pending=2" in out.getvalue().splitlines()

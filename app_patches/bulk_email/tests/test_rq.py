@@ -255,7 +255,8 @@ def test_job_of_a_killed_worker_is_recovered_and_delivered_once(
     registry = StartedJobRegistry(queue=rq_mode)
     rq_mode.connection.zadd(registry.key, {f"{job.id}:killed-execution": 1})
 
-    assert run("rq_maintenance") == ["recovered 1 abandoned jobs", "enqueued 0 due scheduled jobs"]
+    assert run("rq_maintenance") == [
+        "recovered 1 abandoned jobs", "re-enqueued 0 recipients of lost jobs", "enqueued 0 due scheduled jobs"]
     # Back on the queue before any worker ran (a worker's own maintenance would also do it,
     # but only every 10 minutes).
     # (get_job_ids() would run the registry cleanup itself: look without it.)
@@ -265,7 +266,8 @@ def test_job_of_a_killed_worker_is_recovered_and_delivered_once(
 
     assert smtp.received() == {address: 1 for address in recipients}
     assert campaign.counts() == {"pending": 0, "sent": 5, "failed": 0}
-    assert run("rq_maintenance") == ["recovered 0 abandoned jobs", "enqueued 0 due scheduled jobs"]
+    assert run("rq_maintenance") == [
+        "recovered 0 abandoned jobs", "re-enqueued 0 recipients of lost jobs", "enqueued 0 due scheduled jobs"]
 
 
 def test_due_scheduled_jobs_are_enqueued_while_no_scheduler_holds_the_lock(
@@ -289,3 +291,32 @@ def test_due_scheduled_jobs_are_enqueued_while_no_scheduler_holds_the_lock(
 
     assert smtp.received() == {address: 1 for address in recipients}
     assert campaign.counts() == {"pending": 0, "sent": 45, "failed": 0}
+
+
+def test_deliveries_whose_jobs_vanished_from_redis_are_enqueued_again_and_sent_once(
+    rq_mode, smtp, settings, django_capture_on_commit_callbacks
+):
+    """A Redis crash or restore, django-rq's "Empty queue", a half-done enqueue: the ledger still
+    says pending but no job will ever run. The maintenance timer finds and re-enqueues them."""
+    settings.BULK_EMAIL_BATCH_SIZE = 5
+    recipients = addresses(15)
+    campaign = submit(recipients, django_capture_on_commit_callbacks)
+    others = ["other1@school.test", "other2@school.test"]
+    untouched = submit(others, django_capture_on_commit_callbacks)  # its job stays
+    queued = [job for job in jobs(rq_mode) if str(campaign.id) in job.id]
+    SimpleWorker([rq_mode], connection=rq_mode.connection).work(burst=True, max_jobs=1)  # batch 1 sent
+    for job in queued[1:]:  # the rest vanish mid-campaign
+        rq_mode.remove(job)
+        job.delete()
+    Campaign.objects.filter(pk=campaign.pk).update(dispatched_at=timezone.now() - timedelta(minutes=5))
+    Campaign.objects.filter(pk=untouched.pk).update(dispatched_at=timezone.now() - timedelta(minutes=5))
+
+    with django_capture_on_commit_callbacks(execute=True):  # django-rq enqueues on commit
+        lines = run("rq_maintenance", "--json")
+
+    assert lines[1] == "re-enqueued 10 recipients of lost jobs"
+    assert json.loads(lines[-1])["reenqueued"] == 10
+    assert run("rq_maintenance")[1] == "re-enqueued 0 recipients of lost jobs"  # their jobs exist now
+    work(rq_mode)
+    assert smtp.received() == {address: 1 for address in [*recipients, *others]}
+    assert campaign.counts() == {"pending": 0, "sent": 15, "failed": 0}

@@ -21,7 +21,10 @@ def test_defaults():
         "BULK_EMAIL_RETRY_BACKOFF": 2,
         "BULK_EMAIL_RETRY_BACKOFF_MAX": 60,
         "BULK_EMAIL_QUOTA_HOOK": "bulk_email.quota.daily_quota",
-        "BULK_EMAIL_CLAIM_TIMEOUT": 300,
+        "BULK_EMAIL_CLAIM_TIMEOUT": 1800,
+        "BULK_EMAIL_DATA_REPLY_TIMEOUT": 600,
+        "BULK_EMAIL_MAX_MESSAGE_BYTES": 25 * 1024 * 1024,
+        "BULK_EMAIL_LOGIN_REFUSAL_HOLD": 3600,
         "BULK_EMAIL_HOLD_FILE": "",
         "BULK_EMAIL_BATCH_SPOOL_DIR": "",
         "EMAIL_USE_LOCALTIME": False,
@@ -60,7 +63,7 @@ def test_values_from_environment():
             "BULK_EMAIL_DAILY_QUOTA": "0",
             "BULK_EMAIL_QUEUE_MODE": " RQ ",
             "BULK_EMAIL_REDIS_URL": "redis://rq-app:secret@127.0.0.1:6379/0",
-            "BULK_EMAIL_CLAIM_TIMEOUT": "120",
+            "BULK_EMAIL_CLAIM_TIMEOUT": "1500",
             "BULK_EMAIL_HOLD_FILE": " /run/edupulse/queue-switch ",
             "BULK_EMAIL_RQ_RETRY_INTERVALS": "5, 60",
             "EMAIL_TIMEOUT": "30",
@@ -71,9 +74,24 @@ def test_values_from_environment():
     assert values["BULK_EMAIL_DAILY_QUOTA"] == 0
     assert values["BULK_EMAIL_QUEUE_MODE"] == "rq"
     assert values["EMAIL_TIMEOUT"] == 30
-    assert values["BULK_EMAIL_CLAIM_TIMEOUT"] == 120
+    assert values["BULK_EMAIL_CLAIM_TIMEOUT"] == 1500
     assert values["BULK_EMAIL_HOLD_FILE"] == "/run/edupulse/queue-switch"
     assert values["BULK_EMAIL_RQ_RETRY_INTERVALS"] == [5, 60]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"BULK_EMAIL_CLAIM_TIMEOUT": "300"},  # the old default: shorter than one slow attempt
+        {"BULK_EMAIL_CLAIM_TIMEOUT": "1000", "EMAIL_TIMEOUT": "30"},
+        {"BULK_EMAIL_CLAIM_TIMEOUT": "1500", "BULK_EMAIL_DATA_REPLY_TIMEOUT": "900"},
+    ],
+)
+def test_a_claim_timeout_a_live_attempt_could_outlast_is_refused(env):
+    """12 EMAIL_TIMEOUTs (connect ... DATA) + the end-of-data wait + the longest backoff."""
+    with pytest.raises(ImproperlyConfigured, match="BULK_EMAIL_CLAIM_TIMEOUT .* EMAIL_TIMEOUT"):
+        load(env)
+    assert load({**env, "BULK_EMAIL_CLAIM_TIMEOUT": "3000"})["BULK_EMAIL_CLAIM_TIMEOUT"] == 3000
 
 
 def test_rq_mode_installs_django_rq_and_both_queues_from_one_url():
@@ -150,6 +168,17 @@ def test_celery_mode_settings_follow_the_guide_and_choose_reliability_on_purpose
     assert values["CELERY_BROKER_TRANSPORT_OPTIONS"]["visibility_timeout"] == 3600
     assert values["CELERY_BEAT_SCHEDULER"] == "django_celery_beat.schedulers:DatabaseScheduler"
     assert not any(name.startswith("CELERY_") for name in load({}))  # batch mode has none
+
+
+def test_celery_mode_refuses_a_rabbitmq_consumer_timeout_shorter_than_a_task_and_its_wait():
+    """RabbitMQ closes the channel of a consumer that holds a message unacknowledged longer than
+    consumer_timeout (default 30 min): with late acks that is the countdown plus the run."""
+    env = {**CELERY_ENV, "BULK_EMAIL_CELERY_BROKER_URL": "amqp://app:secret@127.0.0.1:5672/edupulse"}
+    with pytest.raises(ImproperlyConfigured, match="BULK_EMAIL_CELERY_CONSUMER_TIMEOUT"):
+        load({**env, "BULK_EMAIL_CELERY_CONSUMER_TIMEOUT": "900"})
+    assert load(env)["BULK_EMAIL_CELERY_CONSUMER_TIMEOUT"] == 1800
+    values = load(env)
+    assert values["CELERY_TASK_SOFT_TIME_LIMIT"] < values["CELERY_TASK_TIME_LIMIT"]
 
 
 def test_celery_mode_accepts_a_rabbitmq_broker_and_a_shorter_visibility_timeout():

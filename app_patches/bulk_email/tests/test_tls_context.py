@@ -16,7 +16,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from django.core.mail import get_connection
 
-from bulk_email import sending
+from bulk_email import connection as sending  # tls_context lives in bulk_email.connection
 from bulk_email.campaigns import create_campaign
 from bulk_email.sending import send_campaign, share_tls_context, tls_context
 

@@ -22,6 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from bulk_email import batch_sender
 from bulk_email.sending import describe
+from bulk_email.smtp_errors import SmtpConfigurationError
 
 
 class Command(BaseCommand):
@@ -43,6 +44,9 @@ class Command(BaseCommand):
                 batch_sender.watch(interval=options["interval"], on_pass=lambda s: self._report(s, options))
             else:
                 self._report(batch_sender.run_pass(), options)
+        except SmtpConfigurationError as exc:  # the ledger's words; the SMTP reply is its cause
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            raise CommandError(f"SMTP configuration error, nothing more sent: {describe(cause)}") from None
         except (smtplib.SMTPAuthenticationError, smtplib.SMTPNotSupportedError) as exc:
             raise CommandError(f"SMTP configuration error, nothing more sent: {describe(exc)}") from None
         except KeyboardInterrupt:  # Ctrl-C of --watch: what it did not send stays pending

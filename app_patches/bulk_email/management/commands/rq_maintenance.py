@@ -1,10 +1,13 @@
 """``manage.py rq_maintenance [--json]``: what RQ does too rarely after a worker is killed.
 
 roles/rqworker runs it every minute from a systemd timer (rq mode only). It
-hands the jobs of killed workers back to RQ (``rq_jobs.recover_abandoned``)
-and enqueues due scheduled jobs while no live scheduler holds the lock
-(``rq_jobs.enqueue_due_scheduled``). Prints ``recovered <n> abandoned jobs``
-and ``enqueued <m> due scheduled jobs``; --json adds {"recovered": n, "enqueued": m}.
+hands the jobs of killed workers back to RQ (``rq_jobs.recover_abandoned``),
+enqueues again the pending deliveries of campaigns whose jobs Redis lost
+(``rq_jobs.recover_lost_batches``), and enqueues due scheduled jobs while no
+live scheduler holds the lock (``rq_jobs.enqueue_due_scheduled``). Prints
+``recovered <n> abandoned jobs``, ``re-enqueued <k> recipients of lost jobs``
+and ``enqueued <m> due scheduled jobs``; --json adds
+{"recovered": n, "reenqueued": k, "enqueued": m}.
 """
 import json
 from argparse import ArgumentParser
@@ -22,11 +25,13 @@ class Command(BaseCommand):
     def handle(self, *args: object, **options: object) -> None:
         if settings.BULK_EMAIL_QUEUE_MODE != "rq":
             raise CommandError("rq_maintenance is for rq mode (BULK_EMAIL_QUEUE_MODE=rq)")
-        from bulk_email.rq_jobs import enqueue_due_scheduled, recover_abandoned
+        from bulk_email.rq_jobs import enqueue_due_scheduled, recover_abandoned, recover_lost_batches
 
         recovered = recover_abandoned()
+        reenqueued = recover_lost_batches()
         enqueued = enqueue_due_scheduled()
         self.stdout.write(f"recovered {recovered} abandoned jobs")
+        self.stdout.write(f"re-enqueued {reenqueued} recipients of lost jobs")
         self.stdout.write(f"enqueued {enqueued} due scheduled jobs")
         if options["json"]:
-            self.stdout.write(json.dumps({"recovered": recovered, "enqueued": enqueued}))
+            self.stdout.write(json.dumps({"recovered": recovered, "reenqueued": reenqueued, "enqueued": enqueued}))

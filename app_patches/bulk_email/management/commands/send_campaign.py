@@ -35,6 +35,7 @@ from bulk_email.api import guidance
 from bulk_email.campaigns import create_campaign
 from bulk_email.dispatch import dispatch
 from bulk_email.models import Campaign
+from bulk_email.smtp_errors import SmtpConfigurationError
 
 STDIN = "-"
 FILE_OPTIONS = {"body_file": "--body-file", "html_file": "--html-file", "recipients_file": "--recipients-file"}
@@ -103,7 +104,13 @@ class Command(BaseCommand):
         advice = guidance(campaign)
         if advice:
             self.stdout.write(advice)
-        run = dispatch(campaign, wait=True)
+        try:
+            run = dispatch(campaign, wait=True)
+        except SmtpConfigurationError as exc:  # a wrong password (535): one line and the counts
+            counts = campaign.counts()
+            self.stdout.write(f"mode={campaign.mode} recipients={sum(counts.values())} sent={counts['sent']} "
+                              f"failed={counts['failed']} pending={counts['pending']}")
+            raise CommandError(str(exc)) from None
         counts = run.counts
         summary = {
             "id": str(campaign.id),
