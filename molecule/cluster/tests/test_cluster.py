@@ -299,7 +299,7 @@ def test_a_worker_host_stopped_mid_campaign_loses_nothing(hosts):
         assert campaign_status(web, campaign)["pending"] > 0
         subprocess.run(["docker", "kill", NAMES[victim]], check=True, capture_output=True)
     # Its unacknowledged tasks return after the visibility timeout (150 s here), its claimed
-    # recipients after the claim timeout (90 s); the other worker host sends them.
+    # recipients after the claim timeout (240 s); the other worker host sends them.
     assert_delivered_exactly_once(web, campaign, 300, timeout=900)
     survivor = next(role for role in WORKERS if role != victim)
     assert worker_sent(hosts[survivor], campaign) > 0

@@ -101,7 +101,7 @@ def test_worker_killed_mid_campaign_loses_and_duplicates_nothing(host):
 
     assert wait_for(restarted, timeout=60), (before, unit_state(host, WORKER))
     # The killed job comes back through edupulse-rq-maintenance.timer (heartbeat expiry ~90 s,
-    # timer every minute); its claimed recipient after the 90 s claim timeout.
+    # timer every minute); its claimed recipient at once (the process is gone), else after the 240 s claim timeout.
     assert_delivered_exactly_once(host, campaign, 300, timeout=600)
 
 
