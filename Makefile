@@ -42,7 +42,10 @@ setup: $(VENV)/.installed ## Controller packages (rsync, redis-server) and .venv
 images: ## Start a Docker engine if none answers; build the local systemd images
 	tests/harness/prepare-docker.sh
 
-demo: setup images ## Deploy to the demo container (QUEUE_MODE=rq|batch|celery) and send a campaign
+# Starts the engine and builds only the image the demo runs (Debian 12, playbooks/demo.yml),
+# not every test image (another: EDUPULSE_IMAGES=trixie EDUPULSE_DEMO_IMAGE=edupulse/debian13-systemd:r3).
+demo: setup ## Deploy to the demo container (QUEUE_MODE=rq|batch|celery) and send a campaign
+	EDUPULSE_IMAGES="$${EDUPULSE_IMAGES:-bookworm}" tests/harness/prepare-docker.sh
 	$(BIN)/ansible-playbook playbooks/demo.yml -e queue_mode=$(QUEUE_MODE) -e celery_broker=$(CELERY_BROKER)
 
 demo-destroy: ## Remove the demo container

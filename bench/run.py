@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/run.py [--modes batch,rq,celery] [--recipients 1000] [--keep]
                                   [--settings '50/0 s,2 workers'] [--measure-only]
+                                  [--converge-only] [--mitogen] [--prefix NAME]
 
 For each mode: a fresh container bench-<mode> from the local systemd image
 (the flags of .config/molecule/config.yml), deployed with the project's own
@@ -25,6 +26,14 @@ ansible logs in .cache/bench/. The containers are removed at the end unless
 --keep. --measure-only measures kept containers again as they are deployed
 (one --settings name per mode), without creating or converging anything.
 No number is asserted: on a shared machine a threshold would only be flaky.
+
+Deploy times: the first converge and the no-change re-run of each mode side by
+side, with their ratio (the re-run should be a fraction of the first). With
+--mitogen, after the plain runs, fresh containers are converged the same way
+with Mitogen's strategy (an opt-in: `pip install mitogen` happens
+only then, into .cache/mitogen; the plain path stays the default). --converge-only stops after the
+deploy times (no campaigns). --prefix (or EDUPULSE_BENCH_PREFIX) names the
+containers <prefix>-<mode> instead of bench-<mode>, for runs side by side.
 """
 from __future__ import annotations
 
@@ -48,6 +57,11 @@ LOGS = REPO / ".cache" / "bench"
 IMAGE = os.environ.get("EDUPULSE_BENCH_IMAGE", "edupulse/debian12-systemd:r3")
 CACHE = Path(os.environ.get("EDUPULSE_CACHE_DIR", "/var/cache/edupulse"))
 IN_CONTAINER = "/root/edupulse-bench"
+# Container names <prefix>-<mode> (--prefix); the inventories name the hosts bench-<mode>.
+PREFIX = [os.environ.get("EDUPULSE_BENCH_PREFIX", "bench")]
+# Mitogen's version for --mitogen (its strategy plugins must know this Ansible).
+MITOGEN = "mitogen==0.3.54"
+MITOGEN_DIR = REPO / ".cache" / "mitogen"
 PYTHON_RE = r"^\S*python[0-9.]*\s"
 
 
@@ -164,6 +178,11 @@ def machine() -> dict:
 
 
 def container(mode: str) -> str:
+    return f"{PREFIX[0]}-{mode}"
+
+
+def inventory_host(mode: str) -> str:
+    """The host's name in bench/inventory/<mode>.yml (the fact cache and the recap use it)."""
     return f"bench-{mode}"
 
 
@@ -171,7 +190,7 @@ def create_container(mode: str) -> None:
     """A bare systemd container, as Molecule creates one (.config/molecule/config.yml)."""
     name = container(mode)
     subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-    apt_cache = CACHE / f"apt-bench-{mode}"
+    apt_cache = CACHE / f"apt-{name}"  # apt locks its archive: one per container
     for path in (apt_cache, CACHE / "pip"):
         path.mkdir(parents=True, exist_ok=True)
     run([
@@ -215,22 +234,48 @@ def shell(mode: str, script: str) -> str:
 # --- Ansible ---------------------------------------------------------------------------------
 
 
-def playbook_command(mode: str, setting: Setting) -> list[str]:
-    """site.yml as an operator runs it, with the bench inventory and the setting's variables."""
+def playbook_command(mode: str, setting: Setting, mitogen: bool = False) -> list[str]:
+    """site.yml as an operator runs it, with the bench inventory and the setting's variables.
+
+    ansible_host: the container's name (<prefix>-<mode>). With Mitogen the connection is named
+    `docker` (Mitogen replaces only the short connection names, not community.docker.docker).
+    """
     return [
         str(REPO / ".venv/bin/ansible-playbook"), "site.yml", "-i", f"bench/inventory/{mode}.yml",
         "-e", f"queue_mode={mode}", "-e", "@bench/vars.yml", "-e", json.dumps(setting.variables),
+        "-e", f"ansible_host={container(mode)}",
+        *(["-e", "ansible_connection=docker"] if mitogen else []),
     ]
 
 
-def ansible_env() -> dict:
-    """The Makefile's environment, with a fact cache of the bench's own (cleared per fresh host)."""
+def mitogen_strategies() -> Path:
+    """Mitogen's strategy plugins, installed now if missing (--mitogen only).
+
+    Into .cache/mitogen of this checkout (on ansible-playbook's PYTHONPATH), not into .venv:
+    the plain path never sees it, and removing the directory undoes it.
+    """
+    strategies = MITOGEN_DIR / "ansible_mitogen" / "plugins" / "strategy"
+    if not strategies.is_dir():
+        log(f"--mitogen: installing {MITOGEN} into {MITOGEN_DIR.relative_to(REPO)}")
+        run([str(REPO / ".venv/bin/python"), "-m", "pip", "install", "--quiet", "--target", str(MITOGEN_DIR), MITOGEN])
+    return strategies
+
+
+def ansible_env(mitogen: bool = False) -> dict:
+    """The Makefile's environment, with a fact cache of the bench's own (cleared per fresh host).
+
+    Pipelining comes from ansible.cfg ([defaults], which the Docker connection reads). With
+    Mitogen: its linear strategy (ANSIBLE_STRATEGY=mitogen_linear), as the README shows.
+    """
     env = dict(os.environ)
     env.update({
         "PATH": f"{REPO / '.venv/bin'}:{env.get('PATH', '')}", "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(LOGS / "facts"), "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0", "PYTHONDONTWRITEBYTECODE": "1",
     })
+    if mitogen:
+        env.update({"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategies()), "ANSIBLE_STRATEGY": "mitogen_linear",
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(MITOGEN_DIR), env.get("PYTHONPATH")]))})
     return env
 
 
@@ -242,12 +287,13 @@ def recap(log_text: str, host: str) -> dict:
     return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
 
-def start_playbook(mode: str, setting: Setting, label: str) -> tuple[subprocess.Popen, float, Path]:
+def start_playbook(mode: str, setting: Setting, label: str,
+                   mitogen: bool = False) -> tuple[subprocess.Popen, float, Path]:
     """Start site.yml in the background; return the process, its start and its log file."""
     LOGS.mkdir(parents=True, exist_ok=True)
     log_file = LOGS / f"{mode}-{label}.log"
     handle = log_file.open("w")
-    process = subprocess.Popen(playbook_command(mode, setting), cwd=REPO, env=ansible_env(),
+    process = subprocess.Popen(playbook_command(mode, setting, mitogen), cwd=REPO, env=ansible_env(mitogen),
                                stdout=handle, stderr=subprocess.STDOUT)
     return process, time.monotonic(), log_file
 
@@ -257,7 +303,7 @@ def finish_playbook(mode: str, started: tuple[subprocess.Popen, float, Path]) ->
     process, start, log_file = started
     returncode = process.wait()
     seconds = time.monotonic() - start
-    result = {"seconds": round(seconds, 1), "recap": recap(log_file.read_text(), container(mode)),
+    result = {"seconds": round(seconds, 1), "recap": recap(log_file.read_text(), inventory_host(mode)),
               "loadavg": loadavg(), "log": str(log_file.relative_to(REPO))}
     if returncode:
         result["failed"] = f"site.yml for {mode} failed (rc={returncode}); see {log_file}"
@@ -265,10 +311,28 @@ def finish_playbook(mode: str, started: tuple[subprocess.Popen, float, Path]) ->
     return result
 
 
-def converge(modes: list[str], setting_of: dict[str, Setting], label: str) -> dict[str, dict]:
+def converge(modes: list[str], setting_of: dict[str, Setting], label: str,
+             mitogen: bool = False) -> dict[str, dict]:
     """Run site.yml for several modes side by side (each its own container and inventory)."""
-    started = {mode: start_playbook(mode, setting_of[mode], label) for mode in modes}
+    started = {mode: start_playbook(mode, setting_of[mode], label, mitogen) for mode in modes}
     return {mode: finish_playbook(mode, started[mode]) for mode in modes}
+
+
+def fresh_hosts(modes: list[str]) -> None:
+    """New bare containers, and no cached facts of the old ones (a fresh host gathers facts)."""
+    for mode in modes:
+        create_container(mode)
+        (LOGS / "facts" / inventory_host(mode)).unlink(missing_ok=True)
+
+
+def deploy_times(modes: list[str], setting_of: dict[str, Setting], mitogen: bool) -> dict[str, dict]:
+    """First converge from the bare image, then the no-change re-run, the modes side by side."""
+    suffix = "-mitogen" if mitogen else ""
+    log(f"first converge from the bare image{' with Mitogen' if mitogen else ''} (modes side by side)")
+    first = converge(modes, setting_of, f"converge1{suffix}", mitogen)
+    log(f"no-change re-run{' with Mitogen' if mitogen else ''}")
+    second = converge(modes, setting_of, f"converge2{suffix}", mitogen)
+    return {mode: {"first": first[mode], "second": second[mode]} for mode in modes}
 
 
 # --- Measurements ----------------------------------------------------------------------------
@@ -395,19 +459,29 @@ def markdown(results: dict) -> str:
             f"| {row['mode']} | {row['setting']} | {cell(row['submit_s'])} | {cell(row['last_accept_s'])} | "
             f"{cell(row['sending'])} | {cell(row['ratio'])} | {cell(row['end_to_end'])} | {cell(row['ratio_e2e'])} | "
             f"{memory} | {cell(row['redis'])} | {row['load']} |")
-    lines += ["", "| mode | first converge s (changed) | second run s (changed) | second/first | re-deploys s |",
-              "| --- | --- | --- | --- | --- |"]
-    for mode, times in results["ansible"].items():  # empty with --measure-only
-        first, second = times["first"], times["second"]
-        redeploys = ", ".join(f"{v['seconds']}" for k, v in results["reconfigure"].items() if k.startswith(mode + " "))
-        lines.append(f"| {mode} | {first['seconds']} ({first['recap'].get('changed')}) | "
-                     f"{second['seconds']} ({second['recap'].get('changed')}) | "
-                     f"{second['seconds'] / first['seconds']:.2f} | {redeploys or '-'} |")
-    lines.append("")
+    if not results["modes"]:  # --converge-only: the deploy times alone
+        lines = lines[:1]
+    lines += ["", deploy_table(results)]
     for mode, block in results["modes"].items():
         lines.append(f"- {mode}: `edupulse-manage version` (start-up alone) {block['startup']['manage_version_s']} s")
     for mode, error in results["errors"].items():
         lines.append(f"- {mode} FAILED: {error.splitlines()[0] if error else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def deploy_table(results: dict) -> str:
+    """First converge and no-change re-run per mode (and with Mitogen), with their ratio."""
+    lines = ["| mode | strategy | first converge s (changed) | no-change re-run s (changed) | re-run/first | "
+             "load 1 min (first, re-run) | re-deploys s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key, times in results["ansible"].items():  # empty with --measure-only
+        mode, _, strategy = key.partition(" ")
+        first, second = times["first"], times["second"]
+        redeploys = ", ".join(f"{v['seconds']}" for k, v in results["reconfigure"].items() if k.startswith(mode + " "))
+        lines.append(f"| {mode} | {strategy or 'linear'} | {first['seconds']} ({first['recap'].get('changed')}) | "
+                     f"{second['seconds']} ({second['recap'].get('changed')}) | "
+                     f"{second['seconds'] / first['seconds']:.2f} | {first['loadavg'][0]}, {second['loadavg'][0]} | "
+                     f"{(redeploys or '-') if not strategy else '-'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -436,7 +510,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="measure the kept containers as deployed (one setting per mode), no converge")
     parser.add_argument("--settings", default="",
                         help="comma-separated setting names to run (e.g. '50/0 s,2 workers'); default all")
+    parser.add_argument("--converge-only", action="store_true",
+                        help="only the deploy times (first converge, no-change re-run), no campaigns")
+    parser.add_argument("--mitogen", action="store_true",
+                        help=f"also the deploy times with Mitogen (installs {MITOGEN} into .cache/mitogen if missing)")
+    parser.add_argument("--prefix", default=PREFIX[0],
+                        help="containers are <prefix>-<mode> (default: $EDUPULSE_BENCH_PREFIX or bench)")
     args = parser.parse_args(argv)
+    PREFIX[0] = args.prefix
     args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     unknown = set(args.modes) - set(MODES)
     if unknown:
@@ -487,19 +568,24 @@ def main(argv: list[str]) -> int:
         if args.measure_only:
             measure_kept(args, modes, results)
             return 0
-        log(f"creating containers for {', '.join(args.modes)}")
-        for mode in args.modes:
-            create_container(mode)
-            (LOGS / "facts" / container(mode)).unlink(missing_ok=True)  # a fresh host gathers facts
         first_setting = {mode: modes[mode].settings[0] for mode in args.modes}
-        log("first converge from the bare image (modes side by side)")
-        first = converge(args.modes, first_setting, "converge1")
-        log("second run (idempotence)")
-        second = converge(args.modes, first_setting, "converge2")
-        results["ansible"] = {mode: {"first": first[mode], "second": second[mode]} for mode in args.modes}
+        if args.mitogen:
+            mitogen_strategies()  # installed before anything is timed
+        log(f"creating containers for {', '.join(args.modes)}")
+        fresh_hosts(args.modes)
+        results["ansible"] = deploy_times(args.modes, first_setting, mitogen=False)
+        if args.mitogen:
+            log("fresh containers for the runs with Mitogen")
+            fresh_hosts(args.modes)
+            times = deploy_times(args.modes, first_setting, mitogen=True)
+            results["ansible"].update({f"{mode} mitogen_linear": times[mode] for mode in args.modes})
+        for key, times in results["ansible"].items():
+            if "failed" in times["first"] or "failed" in times["second"]:
+                results["errors"][key] = times["first"].get("failed") or times["second"]["failed"]
+        if args.converge_only:
+            return 0
         for mode in args.modes:
-            if "failed" in first[mode] or "failed" in second[mode]:
-                results["errors"][mode] = first[mode].get("failed") or second[mode]["failed"]
+            if mode in results["errors"]:
                 continue
             try:
                 results["modes"][mode] = measure_mode(modes[mode], args.recipients, results["reconfigure"])
@@ -512,8 +598,8 @@ def main(argv: list[str]) -> int:
         if not args.keep:
             for mode in args.modes:
                 subprocess.run(["docker", "rm", "-f", container(mode)], capture_output=True, check=False)
-        if results["modes"]:
-            any_block = next(iter(results["modes"].values()))
+        if results["modes"] or results["ansible"]:
+            any_block = next(iter(results["modes"].values()), {"settings": []})
             results["message_bytes"] = any_block["settings"][0]["campaign"].get("mean_message_bytes") if any_block["settings"] else None
             report = write_results(results)
             print(report.read_text())

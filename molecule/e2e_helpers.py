@@ -8,13 +8,19 @@ ground truth for "delivered exactly once".
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable
+
+import yaml
 
 MANAGE = "/usr/local/bin/edupulse-manage"
 FAULT_FILE = "/run/smtp-sink/fault"
@@ -358,3 +364,56 @@ def assert_security_headers(answer: dict) -> None:
 def site_config(rendered_config: str) -> str:
     """Our site file out of the `nginx -T` dump."""
     return rendered_config.split("# configuration file /etc/nginx/sites-enabled/edupulse.conf:", 1)[1]
+
+
+# --- running playbooks of the repo against the scenario's containers -------------------------
+def run_playbook(playbook: str, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """ansible-playbook <playbook> <args> with the scenario's inventory, as Molecule runs it.
+
+    From the repo root, in Molecule's verify environment (its ansible.cfg and roles path), in
+    plain text with stderr merged into stdout in order, as an operator would read it.
+    """
+    project = os.environ["MOLECULE_PROJECT_DIRECTORY"]
+    command = [str(Path(sys.executable).with_name("ansible-playbook")), playbook,
+               "-i", os.environ["MOLECULE_INVENTORY_FILE"], *args]
+    env = {**os.environ, "ANSIBLE_ROLES_PATH": f"{project}/roles", "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_FORCE_COLOR": "0"}
+    return subprocess.run(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, check=False, timeout=timeout)
+
+
+def converge_arguments() -> tuple[str, list[str]]:
+    """The scenario's converge playbook and the ansible-playbook arguments its molecule.yml adds.
+
+    Read from molecule.yml itself (provisioner.playbooks.converge, ansible.executor.args), with
+    ${VAR} expanded as Molecule does, so a re-run is exactly the scenario's converge.
+    """
+    scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+    config = yaml.safe_load((scenario / "molecule.yml").read_text()) or {}
+    playbook = config.get("provisioner", {}).get("playbooks", {}).get("converge", "converge.yml")
+    args = config.get("ansible", {}).get("executor", {}).get("args", {}).get("ansible_playbook", [])
+    return str(scenario / playbook), [os.path.expandvars(arg) for arg in args]
+
+
+def run_converge(*args: str) -> subprocess.CompletedProcess:
+    """The scenario's converge playbook again (Molecule's own skip tags), plus `args`."""
+    playbook, scenario_args = converge_arguments()
+    return run_playbook(playbook, "--skip-tags", "molecule-notest,notest", *scenario_args, *args)
+
+
+def play_recap(output: str, hostname: str) -> dict[str, int]:
+    """The PLAY RECAP counters (ok, changed, failed, ...) of one host."""
+    match = re.search(rf"^{re.escape(hostname)}\s*:(.*)$", output, re.M)
+    assert match, f"no PLAY RECAP line for {hostname}:\n{output[-3000:]}"
+    return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+def changed_tasks(output: str) -> list[str]:
+    """The "changed: [host]" lines with the task each belongs to (what to fix when one is)."""
+    task, found = "", []
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.rstrip(" *")
+        elif line.startswith("changed:"):
+            found.append(f"{task}: {line}")
+    return found
