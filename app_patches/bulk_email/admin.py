@@ -1,6 +1,8 @@
 """Read-mostly admin: the ledger is written by the sender, people only look at it."""
 from django.contrib import admin
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
 from .models import Campaign, Delivery
 
@@ -20,9 +22,18 @@ class DeliveryInline(admin.TabularInline):
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
     list_display = ("subject", "id", "mode", "created_at")
-    readonly_fields = ("id", "subject", "body", "html_body", "from_email", "mode", "created_at")
+    readonly_fields = (
+        "progress", "id", "subject", "body", "html_body", "from_email", "mode", "created_at", "dispatched_at",
+    )
     search_fields = ("subject", "id")
     inlines = [DeliveryInline]
+
+    @admin.display(description="Progress")
+    def progress(self, obj: Campaign) -> str:
+        """Link to the staff progress page (live counts, failed recipients, retry button)."""
+        if obj.pk is None:
+            return "-"
+        return format_html('<a href="{}">View progress</a>', reverse("bulk_email:campaign-detail", args=[obj.pk]))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Campaigns are created by send_campaign or the site's own views.

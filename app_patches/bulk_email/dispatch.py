@@ -1,6 +1,15 @@
 """Handing a campaign to its queue mode: the one place that differs per mode.
 
-batch: send now, in this process (the caller waits).
+``dispatch(campaign, wait=False)`` returns at once in every mode, so a web
+request never sends; ``wait=True`` is for an operator's command, which may
+send in its own process.
+
+batch: wait=False marks the campaign dispatched and pokes the batch sender
+(bulk_email.batch_sender: a spool file, after the transaction commits);
+``manage.py batch_sender`` sends it. wait=True sends it now, in this
+process (send_campaign, retry_failed: the operator waits, outside any
+web request); what that leaves pending the batch sender sends later,
+since the campaign is dispatched.
 rq: enqueue one job per batch on the email queue and return at once
 (rq_jobs; imported only here, so batch deployments need no rq).
 celery: enqueue one task per batch on the email queue and return at once
@@ -21,8 +30,10 @@ import time
 from collections.abc import Callable
 
 from django.core.exceptions import ImproperlyConfigured
+from django.db import transaction
 from django.utils import timezone
 
+from .batch_sender import poke
 from .models import Campaign
 from .sending import CampaignRun, Sleep, send_campaign
 from .switch import held_mode
@@ -87,15 +98,31 @@ def hold(campaign: Campaign, mode: str) -> CampaignRun:
     return CampaignRun(campaign_id=str(campaign.id), counts=counts, held=reason)
 
 
-def dispatch(campaign: Campaign, *, sleep: Sleep = time.sleep) -> CampaignRun:
-    """Send (batch) or enqueue (rq/celery) the pending deliveries of ``campaign``, or hold it."""
+def hand_to_batch_sender(campaign: Campaign) -> CampaignRun:
+    """Poke the batch sender once the caller's transaction has committed; send nothing here.
+
+    On commit, because the sender runs in another process and must see the
+    campaign and its dispatched_at when the poke wakes it up.
+    """
+    campaign_id = campaign.id
+    transaction.on_commit(lambda: poke(campaign_id))
+    return CampaignRun(campaign_id=str(campaign_id), counts=campaign.counts())
+
+
+def dispatch(campaign: Campaign, *, wait: bool = False, sleep: Sleep = time.sleep) -> CampaignRun:
+    """Hand the pending deliveries of ``campaign`` to its mode, or hold it during a switch.
+
+    ``wait`` only matters in batch mode: False (the default, and what a web
+    request must use) hands the campaign to the batch sender, True sends it
+    in this process. rq and celery always enqueue and return.
+    """
     switching_to = held_mode()
     if switching_to is not None:
         return hold(campaign, switching_to)
     dispatcher = dispatcher_for(campaign.mode)
     if campaign.mode == "batch":
         mark_dispatched(campaign)
-        return dispatcher(campaign, sleep)
+        return dispatcher(campaign, sleep) if wait else hand_to_batch_sender(campaign)
     run = dispatcher(campaign, sleep)
     mark_dispatched(campaign)
     return run

@@ -2,8 +2,16 @@
 
 The project's settings.py star-imports this module at its very end (the
 block written by app_patches/apply.py), so these names become Django
-settings. It only defines names of its own plus EMAIL_TIMEOUT, and never
-touches EMAIL_HOST, EMAIL_PORT or the account: those stay the project's.
+settings. It only defines names of its own plus EMAIL_TIMEOUT and
+EMAIL_USE_LOCALTIME (the Date header in the server's local time zone
+instead of UTC, false by default as in Django), and never touches
+EMAIL_HOST, EMAIL_PORT or the account: those stay the project's.
+
+BULK_EMAIL_BATCH_SPOOL_DIR (batch mode): the directory where dispatching a
+campaign in the background drops an empty file named after it, the "poke"
+that starts ``manage.py batch_sender`` through a systemd path unit (see
+bulk_email.batch_sender). Empty: no poke; the sender's timer still finds
+the campaign within its interval.
 
 Values are checked here, at startup, because a typo such as
 BULK_EMAIL_BATCH_SIZE=2O would otherwise surface only in the middle of a
@@ -45,6 +53,7 @@ EMAIL_TASK_ANNOTATIONS = {"core.tasks.send_bulk_emails": {"rate_limit": "10/m"}}
 
 __all__ = [
     "EMAIL_TIMEOUT",
+    "EMAIL_USE_LOCALTIME",
     "BULK_EMAIL_BATCH_SIZE",
     "BULK_EMAIL_BATCH_DELAY",
     "BULK_EMAIL_QUEUE_MODE",
@@ -55,6 +64,7 @@ __all__ = [
     "BULK_EMAIL_QUOTA_HOOK",
     "BULK_EMAIL_CLAIM_TIMEOUT",
     "BULK_EMAIL_HOLD_FILE",
+    "BULK_EMAIL_BATCH_SPOOL_DIR",
     "BULK_EMAIL_RQ_RETRY_INTERVALS",
     "BULK_EMAIL_INSTALLED_APPS",
 ]
@@ -70,6 +80,23 @@ def _number(env: Mapping[str, str], name: str, default: float, kind: type) -> An
     except ValueError:
         noun = "an integer" if kind is int else "a number"
         raise ImproperlyConfigured(f"{name} must be {noun}, got {raw!r}") from None
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _boolean(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """Parse ``env[name]`` as true/false (the project's spellings), refusing typos such as 'ture'."""
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, got {raw!r}")
 
 
 def _at_least(name: str, value: float, minimum: float) -> None:
@@ -253,6 +280,10 @@ def load(env: Mapping[str, str]) -> dict[str, Any]:
         # old mode drains; meanwhile campaigns are held, not dispatched (bulk_email.switch).
         # Empty: no switch can be in progress and the file is never looked at.
         "BULK_EMAIL_HOLD_FILE": env.get("BULK_EMAIL_HOLD_FILE", "").strip(),
+        # batch mode: where a background dispatch pokes the batch sender (bulk_email.batch_sender).
+        "BULK_EMAIL_BATCH_SPOOL_DIR": env.get("BULK_EMAIL_BATCH_SPOOL_DIR", "").strip(),
+        # Django's setting: the Date header in local time instead of UTC (Django's default).
+        "EMAIL_USE_LOCALTIME": _boolean(env, "EMAIL_USE_LOCALTIME", False),
         # rq mode: when a job leaves deliveries pending (SMTP outage, 4xx, claimed elsewhere)
         # RQ runs it again after these delays; ~21 min in all, then FailedJobRegistry.
         "BULK_EMAIL_RQ_RETRY_INTERVALS": _intervals(
@@ -303,6 +334,8 @@ BULK_EMAIL_RETRY_BACKOFF_MAX = _values["BULK_EMAIL_RETRY_BACKOFF_MAX"]
 BULK_EMAIL_QUOTA_HOOK = _values["BULK_EMAIL_QUOTA_HOOK"]
 BULK_EMAIL_CLAIM_TIMEOUT = _values["BULK_EMAIL_CLAIM_TIMEOUT"]
 BULK_EMAIL_HOLD_FILE = _values["BULK_EMAIL_HOLD_FILE"]
+BULK_EMAIL_BATCH_SPOOL_DIR = _values["BULK_EMAIL_BATCH_SPOOL_DIR"]
+EMAIL_USE_LOCALTIME = _values["EMAIL_USE_LOCALTIME"]
 BULK_EMAIL_RQ_RETRY_INTERVALS = _values["BULK_EMAIL_RQ_RETRY_INTERVALS"]
 BULK_EMAIL_INSTALLED_APPS = _values["BULK_EMAIL_INSTALLED_APPS"]
 if "RQ_QUEUES" in _values:

@@ -10,7 +10,7 @@ The deployment switches from OLD to NEW like this (roles/edupulse_app):
    stopping OLD's workers, hands OLD's leftovers over with ``move``.
 3. It stops OLD's units and deploys NEW (BULK_EMAIL_QUEUE_MODE=NEW).
 4. It removes the hold file and runs ``dispatch_held``: every held
-   campaign goes out in NEW. If the drain timed out it does the same under
+   campaign goes out in NEW (enqueued; batch: handed to the batch sender). If the drain timed out it does the same under
    the still-running OLD, so the held campaigns go out in OLD instead.
 
 Why this loses nothing: every recipient is a ledger row that stays pending
@@ -24,7 +24,6 @@ rows that are already claimed, sent or failed. The one exception is
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from django.conf import settings
@@ -33,7 +32,6 @@ from django.db import transaction
 from django.db.models import QuerySet
 
 from .models import Campaign, Delivery
-from .sending import Sleep
 from .settings import QUEUE_MODES
 
 logger = logging.getLogger("bulk_email")
@@ -139,13 +137,15 @@ def move(from_mode: str, to_mode: str, *, release_claims: bool = False) -> dict:
     return {"campaigns": len(campaign_ids), "pending": count, "released": released}
 
 
-def dispatch_held(*, sleep: Sleep = time.sleep) -> dict:
-    """Dispatch every held campaign in the mode this process runs (batch: send them now).
+def dispatch_held() -> dict:
+    """Dispatch every held campaign in the mode this process runs, without sending here.
 
-    Refused while the hold file is active: dispatching would only hold them
-    again. A batch run that stops early (quota, SMTP outage) stops here too
-    and leaves the remaining campaigns held for the next call, instead of
-    burning the retries of each one against the same outage.
+    rq and celery enqueue them; batch hands them to the batch sender
+    (bulk_email.batch_sender), so the playbook that runs this never waits
+    for a send, and the drain's ledger counts stay right (the campaigns
+    are dispatched batch campaigns with pending rows until the sender is
+    done). Refused while the hold file is active: dispatching would only
+    hold them again.
     """
     from .dispatch import dispatch  # dispatch imports held_mode from this module
 
@@ -161,12 +161,9 @@ def dispatch_held(*, sleep: Sleep = time.sleep) -> dict:
         pending = campaign.deliveries.filter(status=Delivery.Status.PENDING).count()
         Campaign.objects.filter(pk=campaign.pk).update(mode=mode)
         campaign.mode = mode
-        run = dispatch(campaign, sleep=sleep)
+        dispatch(campaign, wait=False)
         summary["campaigns"] += 1
         summary["pending"] += pending
-        if run.stopped:
-            summary["stopped"] = f"campaign {campaign.id}: {run.stopped}"
-            break
     logger.info(
         "batch email queue switch dispatched held campaigns=%d pending=%d mode=%s",
         summary["campaigns"], summary["pending"], mode,

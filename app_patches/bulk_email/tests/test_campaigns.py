@@ -62,7 +62,7 @@ def test_dispatch_refuses_a_mode_it_does_not_know_instead_of_sending_inline(smtp
 @pytest.mark.django_db
 def test_status_view_is_staff_only(client, django_user_model):
     campaign = create_campaign("Hi", "Body", ["a@x.test", "b@x.test"])
-    url = f"/bulk-email/campaigns/{campaign.id}/"
+    url = f"/bulk-email/campaigns/{campaign.id}/status/"
 
     assert client.get(url).status_code == 302  # to the admin login
     staff = django_user_model.objects.create_user("staff", password="pw", is_staff=True)
@@ -78,6 +78,8 @@ def test_status_view_is_staff_only(client, django_user_model):
         "pending": 2,
         "sent": 0,
         "failed": 0,
+        "total": 2,
+        "done": False,
     }
 
 

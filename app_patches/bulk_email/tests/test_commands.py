@@ -185,3 +185,107 @@ def test_commands_through_manage_py_exit_codes(smtp_server, tmp_path):
     unknown = manage("campaign_status", str(uuid.uuid4()))
     assert unknown.returncode == 1
     assert "unknown campaign" in unknown.stderr
+
+
+def stdin_of(monkeypatch, text: str) -> None:
+    """Standard input as the edupulse-manage wrapper feeds it (bytes, UTF-8)."""
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode("utf-8")), encoding="utf-8"))
+
+
+@pytest.mark.parametrize("option", ["--body-file", "--html-file", "--recipients-file"])
+def test_send_campaign_reads_one_file_from_stdin(fast, monkeypatch, tmp_path, option):
+    files = {"--body-file": "Grüße,\n...", "--html-file": "<p>Grüße</p>", "--recipients-file": "a@x.test\n# x\nb@x.test\n"}
+    args = ["send_campaign", "--subject", "Hi"]
+    for flag, text in files.items():
+        if flag == option:
+            args += [flag, "-"]
+            stdin_of(monkeypatch, text)
+        else:
+            path = tmp_path / flag.strip("-")
+            path.write_text(text, encoding="utf-8")
+            args += [flag, str(path)]
+
+    campaign = Campaign.objects.get(pk=run(*args)[0].removeprefix("campaign "))
+
+    assert (campaign.body, campaign.html_body) == ("Grüße,\n...", "<p>Grüße</p>")
+    assert sorted(campaign.deliveries.values_list("recipient", flat=True)) == ["a@x.test", "b@x.test"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--body-file", "-", "--recipients-file", "-"], "only one of --body-file, --recipients-file can be -"),
+        (["--body-file", "-", "--html-file", "-", "--to", "a@x.test"], "only one of --body-file, --html-file can be -"),
+        (["--body-file", "/nonexistent/body.txt", "--to", "a@x.test"],
+         "cannot read body file /nonexistent/body.txt: No such file or directory"),
+        (["--body", "x", "--html-file", "/", "--to", "a@x.test"], "cannot read HTML file /: Is a directory"),
+        (["--body", "x", "--recipients-file", "LATIN1"], "cannot read recipients file .*: not UTF-8 text"),
+    ],
+)
+def test_send_campaign_file_errors_are_clear_and_create_nothing(fast, monkeypatch, tmp_path, args, message):
+    (tmp_path / "LATIN1").write_bytes("caf\xe9@x.test\n".encode("latin-1"))
+    monkeypatch.chdir(tmp_path)
+    stdin_of(monkeypatch, "a@x.test\n")
+    with pytest.raises(CommandError, match=message):
+        run("send_campaign", "--subject", "Hi", *args)
+    assert Campaign.objects.count() == 0 and fast.messages == []
+
+
+def test_send_campaign_says_how_leftovers_go_out_and_leaves_them_to_the_batch_sender(fast, settings):
+    settings.BULK_EMAIL_DAILY_QUOTA = 1
+    lines = run("send_campaign", "--subject", "Hi", "--body", "x", "--to", "a@x.test", "--to", "b@x.test",
+                "--to", "c@x.test")
+    campaign_id = lines[0].removeprefix("campaign ")
+
+    assert lines[-1].startswith("2 deliveries left pending (daily quota of 1 reached")
+    assert lines[-1].endswith(f"`send_campaign --resume {campaign_id}` sends them now")
+    assert Campaign.objects.get(pk=campaign_id).dispatched_at is not None
+    settings.BULK_EMAIL_DAILY_QUOTA = 0
+
+    call_command("batch_sender", stdout=StringIO())  # what the timer runs a minute later
+
+    assert fast.received() == {"a@x.test": 1, "b@x.test": 1, "c@x.test": 1}
+
+
+def test_send_campaign_without_leftovers_prints_no_pending_line(fast):
+    lines = run("send_campaign", "--subject", "Hi", "--body", "x", "--to", "a@x.test")
+    assert not any("left pending" in line for line in lines)
+
+
+def test_send_campaign_prints_the_guidance_line_once_above_50_batch_recipients(fast, tmp_path):
+    recipients = tmp_path / "r.txt"
+    recipients.write_text("".join(f"s{i}@x.test\n" for i in range(51)))
+
+    lines = run("send_campaign", "--subject", "Hi", "--body", "x", "--recipients-file", str(recipients))
+
+    guidance = [line for line in lines if line.startswith("Batch mode:")]
+    assert guidance == [
+        "Batch mode: 51 recipients; for more than 50 the rq or celery mode sends faster and retries "
+        "in the background (site.yml -e queue_mode=rq)"
+    ]
+    assert lines[2] == "mode=batch recipients=51 sent=51 failed=0 pending=0"  # advice, not a refusal
+    recipients.write_text("".join(f"t{i}@x.test\n" for i in range(50)))
+    lines = run("send_campaign", "--subject", "Hi", "--body", "x", "--recipients-file", str(recipients))
+    assert not any(line.startswith("Batch mode:") for line in lines)
+
+
+def test_retry_failed_include_failed_resends_failed_deliveries_once(fast):
+    fast.rejected = {"bad@x.test": "550 5.1.1 unknown"}
+    run("send_campaign", "--subject", "Hi", "--body", "x", "--to", "ok@x.test", "--to", "bad@x.test")
+    fast.rejected = {}  # the address was fixed at the provider
+
+    assert run("retry_failed") == ["nothing to retry"]  # failed rows are not retried by default
+    dry = run("retry_failed", "--include-failed", "--dry-run", "--json")
+    assert dry[0] == "1 failed deliveries would make pending again"
+    assert json.loads(dry[-1]) == {"mode": "batch", "dry_run": True, "campaigns": 1, "deliveries": 1,
+                                   "retried": 0, "revived": 1}
+    assert Campaign.objects.get().counts()["failed"] == 1
+
+    lines = run("retry_failed", "--include-failed", "--json")
+
+    assert lines[0] == "1 failed deliveries made pending again"
+    assert json.loads(lines[-1])["retried"] == 1
+    assert fast.received() == {"ok@x.test": 1, "bad@x.test": 1}
+    assert Campaign.objects.get().counts() == {"pending": 0, "sent": 2, "failed": 0}

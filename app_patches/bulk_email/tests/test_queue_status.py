@@ -33,7 +33,7 @@ def test_batch_mode_reports_the_ledger_only(smtp, settings):
     settings.BULK_EMAIL_DAILY_QUOTA = 1000
     assert report()["ledger"]["last_sent_at"] is None  # nothing sent yet: "never", not an error
     smtp.rejected = {"bad@school.test": "550 5.1.1 unknown"}
-    dispatch(create_campaign("Hi", "Body", ["ok@school.test", "bad@school.test"]))
+    dispatch(create_campaign("Hi", "Body", ["ok@school.test", "bad@school.test"]), wait=True)
 
     result = report()
 

@@ -23,9 +23,33 @@ def test_defaults():
         "BULK_EMAIL_QUOTA_HOOK": "bulk_email.quota.daily_quota",
         "BULK_EMAIL_CLAIM_TIMEOUT": 300,
         "BULK_EMAIL_HOLD_FILE": "",
+        "BULK_EMAIL_BATCH_SPOOL_DIR": "",
+        "EMAIL_USE_LOCALTIME": False,
         "BULK_EMAIL_RQ_RETRY_INTERVALS": [10, 30, 60, 300, 900],
         "BULK_EMAIL_INSTALLED_APPS": ["bulk_email"],
     }
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), (" Yes ", True), ("1", True), ("false", False), ("", False)])
+def test_email_use_localtime_from_the_environment(raw, expected):
+    assert load({"EMAIL_USE_LOCALTIME": raw})["EMAIL_USE_LOCALTIME"] is expected
+
+
+def test_email_use_localtime_refuses_a_typo():
+    with pytest.raises(ImproperlyConfigured, match="EMAIL_USE_LOCALTIME must be true or false, got 'ture'"):
+        load({"EMAIL_USE_LOCALTIME": "ture"})
+
+
+def test_batch_spool_dir_from_the_environment():
+    values = load({"BULK_EMAIL_BATCH_SPOOL_DIR": " /run/edupulse/batch-spool "})
+    assert values["BULK_EMAIL_BATCH_SPOOL_DIR"] == "/run/edupulse/batch-spool"
+
+
+def test_the_new_settings_are_exported_to_the_project():
+    from django.conf import settings
+
+    assert {"EMAIL_USE_LOCALTIME", "BULK_EMAIL_BATCH_SPOOL_DIR"} <= set(bulk_settings.__all__)
+    assert settings.EMAIL_USE_LOCALTIME is False and settings.BULK_EMAIL_BATCH_SPOOL_DIR == ""
 
 
 def test_values_from_environment():
@@ -179,7 +203,7 @@ def test_star_import_exports_only_its_own_settings():
     # The test project runs in rq mode, so RQ_QUEUES is exported too.
     assert "EMAIL_HOST" not in bulk_settings.__all__
     assert "RQ_QUEUES" in bulk_settings.__all__
-    own = {"EMAIL_TIMEOUT", "RQ_QUEUES", "RQ"}  # RQ: rqworker's worker class (rq_worker.py)
+    own = {"EMAIL_TIMEOUT", "EMAIL_USE_LOCALTIME", "RQ_QUEUES", "RQ"}  # RQ: rqworker's worker class (rq_worker.py)
     assert all(name.startswith("BULK_EMAIL_") or name in own for name in bulk_settings.__all__)
     assert all(hasattr(bulk_settings, name) for name in bulk_settings.__all__)
 

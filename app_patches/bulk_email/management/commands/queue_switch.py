@@ -11,8 +11,9 @@ for the whole procedure and why it neither loses nor doubles an email):
         {"campaigns", "pending", "released"}
     queue_switch dispatch-held [--json]
         dispatched <n> held campaigns (<n> pending deliveries) in mode <mode> | nothing held
-        [stopped: <reason>]
         {"campaigns", "pending", "mode", "stopped"}
+        (sends nothing itself: rq/celery enqueue, batch hands over to the batch sender,
+        ``manage.py batch_sender``; "stopped" is always null, kept for the JSON's readers)
 
 With --json the JSON object is the last line. status counts from the ledger:
 "campaigns" of mode OLD with pending deliveries, their "pending" deliveries,

@@ -1,21 +1,20 @@
-"""``manage.py retry_failed [--dry-run] [--json]``: try again what is stuck, per queue mode.
+"""``manage.py retry_failed [--include-failed] [--dry-run] [--json]``: try again what is stuck.
 
-rq mode: the guide's "manually retry failed tasks": every campaign job in the
-email queue's FailedJobRegistry (retries used up, its deliveries still
-pending in the ledger) goes back on the queue with a fresh set of retries.
-
-celery mode: the campaigns whose send_batch tasks used up their retries
-(FAILURE in django-celery-results) get their pending deliveries enqueued
-again, from the ledger, and those results are deleted.
-
-batch mode: there are no jobs; the pending deliveries of batch campaigns
-(left by an SMTP outage, the quota or a stopped run) are sent now, in this
-process, exactly like ``send_campaign --resume`` for each such campaign.
+The logic is bulk_email.retry.retry_failed, which the campaign page's retry
+button runs too (for one campaign). rq: failed campaign jobs go back on the
+queue with fresh retries; celery: campaigns whose tasks used up their
+retries are enqueued again from the ledger; batch: the pending deliveries
+of batch campaigns are sent now, in this process (like ``send_campaign
+--resume`` for each). ``--include-failed`` first turns failed deliveries
+(permanent errors) back to pending, for when their cause was fixed.
 
 Output: ``retried <n> <what>`` (``would retry`` with --dry-run, which changes
-nothing) or ``nothing to retry``; --json adds one JSON object as the last line:
-{"mode", "dry_run", "jobs" (rq), "jobs" + "deliveries" (celery) or "campaigns" +
-"deliveries" (batch), "retried"}.
+nothing) or ``nothing to retry``; ``campaign <id> stopped: <reason>`` when a
+batch run stopped early; with --include-failed ``<n> failed deliveries made
+pending again`` (``would make``); --json adds one JSON object as the last
+line: {"mode", "dry_run", "jobs" (rq), "jobs" + "deliveries" (celery) or
+"campaigns" + "deliveries" (+ "stopped") (batch), "retried"; with --include-failed
+also "revived" (+ "campaigns_revived" in rq/celery)}.
 """
 import json
 from argparse import ArgumentParser
@@ -23,18 +22,7 @@ from argparse import ArgumentParser
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from bulk_email.dispatch import dispatch
-from bulk_email.models import Campaign, Delivery
-
-
-def pending_batch_campaigns() -> list[Campaign]:
-    """Batch campaigns that still have pending deliveries, oldest first."""
-    ids = (
-        Delivery.objects.filter(status=Delivery.Status.PENDING, campaign__mode="batch")
-        .values_list("campaign_id", flat=True)
-        .distinct()
-    )
-    return list(Campaign.objects.filter(pk__in=ids).order_by("created_at"))
+from bulk_email.retry import retry_failed
 
 
 class Command(BaseCommand):
@@ -42,46 +30,31 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--dry-run", action="store_true", help="Report only, change nothing.")
+        parser.add_argument(
+            "--include-failed", action="store_true",
+            help="Also turn failed deliveries (permanent errors) back to pending and send them.",
+        )
         parser.add_argument("--json", action="store_true", help="Also print a JSON summary line.")
 
     def handle(self, *args, **options) -> None:
         mode = settings.BULK_EMAIL_QUEUE_MODE
+        dry_run = options["dry_run"]
+        summary = retry_failed(include_failed=options["include_failed"], dry_run=dry_run, wait=True)
         if mode == "rq":
-            summary = self._retry_rq(options["dry_run"])
             what = "failed jobs"
         elif mode == "celery":
-            from bulk_email.tasks import retry_failed_tasks
-
-            summary = retry_failed_tasks(options["dry_run"])
             what = f"failed tasks ({summary['deliveries']} pending deliveries)"
         else:
-            summary = self._retry_batch(options["dry_run"])
             what = f"campaigns ({summary['deliveries']} pending deliveries)"
+        if options["include_failed"]:
+            verb = "would make" if dry_run else "made"
+            self.stdout.write(f"{summary['revived']} failed deliveries {verb} pending again")
         count = summary["campaigns"] if mode == "batch" else summary["jobs"]
-        if not count:
+        if not count and not summary.get("campaigns_revived"):
             self.stdout.write("nothing to retry")
-        else:
-            verb = "would retry" if options["dry_run"] else "retried"
-            self.stdout.write(f"{verb} {count} {what}")
+        elif count:
+            self.stdout.write(f"{'would retry' if dry_run else 'retried'} {count} {what}")
+        if summary.get("stopped"):
+            self.stdout.write(summary["stopped"])
         if options["json"]:
-            self.stdout.write(json.dumps({"mode": mode, "dry_run": options["dry_run"], **summary}))
-
-    def _retry_rq(self, dry_run: bool) -> dict:
-        from bulk_email.rq_jobs import failed_campaign_jobs, requeue_failed
-
-        job_ids = failed_campaign_jobs()
-        retried = 0 if dry_run else requeue_failed(job_ids)
-        return {"jobs": len(job_ids), "retried": retried}
-
-    def _retry_batch(self, dry_run: bool) -> dict:
-        campaigns = pending_batch_campaigns()
-        deliveries = sum(campaign.counts()["pending"] for campaign in campaigns)
-        retried = 0
-        if not dry_run:
-            for campaign in campaigns:
-                run = dispatch(campaign)
-                retried += 1
-                if run.stopped:
-                    self.stdout.write(f"campaign {campaign.id} stopped: {run.stopped}")
-                    break
-        return {"campaigns": len(campaigns), "deliveries": deliveries, "retried": retried}
+            self.stdout.write(json.dumps({"mode": mode, "dry_run": dry_run, **summary}))
