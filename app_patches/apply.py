@@ -2,7 +2,7 @@
 """Install the bulk_email queue code into an existing Django project, or remove it.
 
     python3 apply.py --project DIR [--package edupulse] [--mode batch|rq|celery]
-                     [--check] [--remove] [--json]
+                     [--patch FILE ...] [--check] [--remove] [--json]
 
 This is the one mechanism that changes a project: the Ansible role runs it on
 servers, the macOS playbook on a working copy, and the test suite on a copy
@@ -21,8 +21,18 @@ What it does:
   DIR/<package>/__init__.py. Another --mode removes both again, so a
   project never imports a queue library it does not run.
 
---remove deletes the package and the blocks, giving back the original files
-byte for byte. --check reports what would change and writes nothing. --json
+* ``--patch FILE`` (repeatable): a unified diff of the project's own code
+  (-p1, relative to DIR; e.g. patches/example_app/bulk-email-view.patch,
+  which makes the example app's staff page call bulk_email.api), applied
+  with the system ``patch`` program without fuzz. A patch already applied
+  (its reverse applies) is skipped; one that neither applies nor is applied
+  is an error naming the file, before anything changes. Each applied patch
+  is copied into DIR/.edupulse-patches/ (numbered, in order); a recorded
+  patch no longer given is reversed (newest first), like another --mode
+  removes the blocks it does not need.
+
+--remove deletes the package and the blocks and reverses the recorded
+patches (newest first), giving back the original files byte for byte. --check reports what would change and writes nothing. --json
 prints {"changed": bool, "files": [...]} as the last line of stdout.
 
 Per-mode edits live in ``edits_for`` (blocks) and ``files_for`` (whole
@@ -33,7 +43,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -55,6 +67,46 @@ EXCLUDED_SUFFIXES = (".pyc", ".pyo")
 
 class ApplyError(Exception):
     """A problem the operator must fix; reported without a traceback."""
+
+
+PATCH_STATE_DIR = ".edupulse-patches"
+# No fuzz: a patch that applies exactly reverses exactly, which is what gives --remove its bytes back.
+PATCH_OPTIONS = ["-p1", "--batch", "--silent", "--fuzz=0", "--no-backup-if-mismatch", "--reject-file=-"]
+
+
+def patched_paths(data: bytes) -> list[str]:
+    """The project files a unified diff changes (its +++ lines, -p1), for the report."""
+    paths = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        match = re.match(r"\+\+\+ (\S+)", line)
+        if match and match.group(1) != "/dev/null":
+            paths.append(match.group(1).split("/", 1)[-1])
+    return paths
+
+
+def run_patch(project: Path, patch: bytes, *options: str) -> subprocess.CompletedProcess:
+    """Run the system patch program on the project with the diff on stdin."""
+    binary = shutil.which("patch")
+    if binary is None:
+        raise ApplyError("the patch program is not installed (apt-get install patch); --patch needs it")
+    return subprocess.run(
+        [binary, *PATCH_OPTIONS, *options, "-d", str(project)],
+        input=patch, capture_output=True, check=False,
+    )
+
+
+def patch_state(project: Path, patch: bytes, name: str) -> str:
+    """"applies", "applied" (its reverse applies) or an ApplyError naming the patch."""
+    if run_patch(project, patch, "--dry-run", "--forward").returncode == 0:
+        return "applies"
+    if run_patch(project, patch, "--dry-run", "--reverse").returncode == 0:
+        return "applied"
+    detail = run_patch(project, patch, "--dry-run", "--forward")
+    output = (detail.stdout + detail.stderr).decode("utf-8", "replace").strip().splitlines()
+    raise ApplyError(
+        f"patch {name} neither applies to {project} nor is already applied"
+        + (f" ({output[-1]})" if output else "")
+    )
 
 
 @dataclass(frozen=True)
@@ -246,12 +298,102 @@ def write_atomically(path: Path, data: bytes) -> None:
 class Patcher:
     """Computes and (unless check is set) performs the changes, collecting changed paths."""
 
-    def __init__(self, project: Path, package: str, mode: str, check: bool) -> None:
+    def __init__(self, project: Path, package: str, mode: str, check: bool,
+                 patches: list[Path] | None = None) -> None:
         self.project = project
         self.package = package
         self.mode = mode
         self.check = check
+        self.patches = patches or []
         self.changed: list[str] = []
+
+    # --- --patch: the project's own files, changed by unified diffs --------------------------
+
+    def recorded_patches(self) -> list[Path]:
+        """The copies of the patches this script applied, oldest first."""
+        state = self.project / PATCH_STATE_DIR
+        return sorted(state.glob("[0-9][0-9][0-9]-*.patch")) if state.is_dir() else []
+
+    @staticmethod
+    def recorded_name(path: Path) -> str:
+        return path.name.split("-", 1)[1]
+
+    def wanted_patches(self) -> list[tuple[str, bytes]]:
+        """(name, bytes) of each --patch, checked readable and unique by file name."""
+        wanted: list[tuple[str, bytes]] = []
+        for path in self.patches:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise ApplyError(f"cannot read patch {path}: {exc.strerror}") from None
+            if path.name in {name for name, _ in wanted}:
+                raise ApplyError(f"two patches named {path.name}; give each a file name of its own")
+            wanted.append((path.name, data))
+        return wanted
+
+    def plan_patches(self) -> tuple[list[Path], list[tuple[str, bytes]]]:
+        """What to reverse (recorded, no longer wanted or changed; newest first) and to apply.
+
+        Checked before any file changes: a patch that neither applies nor is
+        applied stops the whole run with its name.
+        """
+        wanted = self.wanted_patches()
+        recorded = {self.recorded_name(path): path for path in self.recorded_patches()}
+        reverse = [
+            path for name, path in recorded.items()
+            if name not in dict(wanted) or path.read_bytes() != dict(wanted)[name]
+        ]
+        reverse.reverse()
+        apply: list[tuple[str, bytes]] = []
+        for name, data in wanted:
+            if name in recorded and recorded[name] not in reverse:
+                if patch_state(self.project, data, name) != "applied":
+                    raise ApplyError(f"patch {name} is recorded as applied but the files no longer match it")
+                continue
+            if not reverse and patch_state(self.project, data, name) == "applied":
+                continue  # applied by hand or by an earlier copy: leave it, record nothing
+            apply.append((name, data))
+        return reverse, apply
+
+    def reverse_patch(self, record: Path) -> None:
+        data = record.read_bytes()
+        state = patch_state(self.project, data, self.recorded_name(record))
+        self.changed.append(f"{PATCH_STATE_DIR}/{record.name}")
+        if state == "applied":
+            self.changed.extend(patched_paths(data))
+        if self.check:
+            return
+        if state == "applied":
+            result = run_patch(self.project, data, "--reverse")
+            if result.returncode != 0:
+                raise ApplyError(f"reversing patch {self.recorded_name(record)} failed: "
+                                 f"{result.stdout.decode('utf-8', 'replace').strip()}")
+        record.unlink()
+
+    def apply_patch(self, name: str, data: bytes) -> None:
+        numbers = [int(path.name[:3]) for path in self.recorded_patches()]
+        record = self.project / PATCH_STATE_DIR / f"{max(numbers, default=0) + 1:03d}-{name}"
+        self.changed.extend([*patched_paths(data), f"{PATCH_STATE_DIR}/{record.name}"])
+        if self.check:
+            return
+        write_atomically(record, data)  # recorded first: a crash after patching can still be undone
+        result = run_patch(self.project, data, "--forward")
+        if result.returncode != 0:
+            record.unlink()
+            raise ApplyError(f"patch {name} failed: {result.stdout.decode('utf-8', 'replace').strip()}")
+
+    def sync_patches(self, reverse: list[Path], apply: list[tuple[str, bytes]]) -> None:
+        for record in reverse:
+            self.reverse_patch(record)
+        if reverse and not self.check:
+            # A changed patch can only be checked once its old version is reversed.
+            apply = [(name, data) for name, data in apply
+                     if patch_state(self.project, data, name) == "applies"]
+        for name, data in apply:
+            self.apply_patch(name, data)
+        state = self.project / PATCH_STATE_DIR
+        if not self.check and state.is_dir() and not any(state.iterdir()):
+            state.rmdir()
 
     def project_file(self, relative: str) -> Path:
         path = self.project / relative
@@ -272,6 +414,9 @@ class Patcher:
         paths = {block.path: self.project_file(block.path) for block in blocks}
         for relative in files:
             self.check_managed_file(relative)
+        check_ownership(self.project / APP_NAME)
+        reverse, patches = self.plan_patches()
+        self.sync_patches(reverse, patches)
         self.sync_app()
         for relative, text in files.items():
             self.set_text(relative, text)
@@ -284,6 +429,7 @@ class Patcher:
     def remove(self) -> None:
         target = self.project / APP_NAME
         check_ownership(target)
+        self.sync_patches(list(reversed(self.recorded_patches())), [])
         self.remove_blocks(all_block_paths(self.package))
         self.remove_files(all_file_paths(self.package))
         if target.exists():
@@ -344,6 +490,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--project", required=True, type=Path, help="Directory holding manage.py.")
     parser.add_argument("--package", default="edupulse", help="The project's settings package.")
     parser.add_argument("--mode", choices=MODES, default="batch", help="Queue mode to install.")
+    parser.add_argument(
+        "--patch", action="append", default=[], type=Path, metavar="FILE",
+        help="A unified diff (-p1, relative to --project) of the project's own code; repeatable.",
+    )
     parser.add_argument("--check", action="store_true", help="Report changes, write nothing.")
     parser.add_argument("--remove", action="store_true", help="Undo: remove blocks and the app.")
     parser.add_argument("--json", action="store_true", help="Print a JSON summary as the last line.")
@@ -355,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.project.is_dir():
         print(f"apply.py: error: project directory {args.project} not found", file=sys.stderr)
         return 2
-    patcher = Patcher(args.project.resolve(), args.package, args.mode, args.check)
+    patcher = Patcher(args.project.resolve(), args.package, args.mode, args.check, args.patch)
     try:
         if args.remove:
             patcher.remove()

@@ -37,6 +37,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_APP = REPO / "example_app"
 APPLY = REPO / "app_patches" / "apply.py"
+# The example app's own code changes that deployments apply too (apply.py --patch).
+EXAMPLE_PATCHES = sorted((REPO / "app_patches" / "patches" / "example_app").glob("*.patch"))
 
 # The environment the test project runs with; the SMTP tests point the
 # email settings at their own loopback server through pytest-django's
@@ -93,7 +95,8 @@ def test_mode() -> str:
 
 
 def build_patched_project(workdir: Path, mode: str = "rq") -> Path:
-    """Copy example_app into workdir and patch it with apply.py; return the project dir."""
+    """Copy example_app into workdir and patch it with apply.py (and the example app's
+    patches: its staff page then sends through bulk_email.api); return the project dir."""
     project = workdir / "project"
     shutil.copytree(
         EXAMPLE_APP,
@@ -101,7 +104,8 @@ def build_patched_project(workdir: Path, mode: str = "rq") -> Path:
         ignore=shutil.ignore_patterns("tests", "__pycache__", "*.pyc", "db.sqlite3*", "staticfiles"),
     )
     completed = subprocess.run(
-        [sys.executable, str(APPLY), "--project", str(project), "--mode", mode, "--json"],
+        [sys.executable, str(APPLY), "--project", str(project), "--mode", mode, "--json",
+         *(arg for patch in EXAMPLE_PATCHES for arg in ("--patch", str(patch)))],
         capture_output=True, text=True, check=False,
     )
     if completed.returncode != 0:

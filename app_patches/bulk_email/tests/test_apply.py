@@ -247,3 +247,86 @@ def test_refuses_to_overwrite_a_celery_py_it_did_not_write_and_leaves_it_in_othe
     summary(apply(project, "--mode", "batch", "--json"))
     summary(apply(project, "--remove", "--json"))
     assert own.read_text() == "# the project's own Celery app\n"
+
+
+EXAMPLE_PATCH = APP_PATCHES / "patches" / "example_app" / "bulk-email-view.patch"
+
+
+def test_patch_applies_and_a_second_run_changes_nothing(project):
+    result = summary(apply(project, "--patch", str(EXAMPLE_PATCH), "--json"))
+
+    assert {"core/views.py", "core/templates/core/bulk_email.html",
+            ".edupulse-patches/001-bulk-email-view.patch"} <= set(result["files"])
+    views = (project / "core/views.py").read_text()
+    assert "from bulk_email.api import guidance, send_bulk_email" in views
+    assert 'redirect("bulk_email:campaign-detail", campaign_id=campaign.id)' in views
+    assert (project / ".edupulse-patches/001-bulk-email-view.patch").read_bytes() == EXAMPLE_PATCH.read_bytes()
+    after_first = snapshot(project)
+
+    assert summary(apply(project, "--patch", str(EXAMPLE_PATCH), "--json")) == {"changed": False, "files": []}
+    assert snapshot(project) == after_first
+
+
+def test_patch_check_reports_and_writes_nothing(project):
+    before = snapshot(project)
+
+    result = summary(apply(project, "--patch", str(EXAMPLE_PATCH), "--check", "--json"))
+
+    assert "core/views.py" in result["files"]
+    assert snapshot(project) == before
+    summary(apply(project, "--patch", str(EXAMPLE_PATCH), "--json"))
+    assert summary(apply(project, "--patch", str(EXAMPLE_PATCH), "--check", "--json"))["changed"] is False
+
+
+def test_remove_reverses_the_patches_and_restores_the_bytes(project):
+    original = snapshot(project)
+    summary(apply(project, "--mode", "celery", "--patch", str(EXAMPLE_PATCH), "--json"))
+
+    result = summary(apply(project, "--remove", "--json"))
+
+    assert "core/views.py" in result["files"]
+    assert snapshot(project) == original
+    assert not (project / ".edupulse-patches").exists()
+
+
+def test_a_patch_no_longer_given_is_reversed(project):
+    original_views = (project / "core/views.py").read_bytes()
+    summary(apply(project, "--patch", str(EXAMPLE_PATCH), "--json"))
+
+    result = summary(apply(project, "--json"))
+
+    assert "core/views.py" in result["files"]
+    assert (project / "core/views.py").read_bytes() == original_views
+    assert not (project / ".edupulse-patches").exists()
+
+
+def test_a_patch_applied_by_hand_is_skipped_and_not_recorded(project):
+    subprocess.run(["patch", "-p1", "-s", "-d", str(project), "-i", str(EXAMPLE_PATCH)], check=True)
+    patched = snapshot(project)
+
+    result = summary(apply(project, "--patch", str(EXAMPLE_PATCH), "--json"))
+
+    assert "core/views.py" not in result["files"]
+    assert not (project / ".edupulse-patches").exists()
+    assert {k: v for k, v in snapshot(project).items() if not k.startswith("bulk_email/")
+            and not k.startswith("edupulse/")} == {
+        k: v for k, v in patched.items() if not k.startswith("edupulse/")}
+
+
+def test_a_conflicting_patch_fails_cleanly_before_anything_changes(project, tmp_path):
+    views = project / "core/views.py"
+    views.write_text(views.read_text().replace("sent = send_bulk_email(", "count = send_bulk_email("))
+    before = snapshot(project)
+
+    result = apply(project, "--patch", str(EXAMPLE_PATCH), "--json")
+
+    assert result.returncode == 2
+    assert "patch bulk-email-view.patch neither applies to" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert snapshot(project) == before  # no app copied, no block written, no file half-patched
+
+
+def test_an_unreadable_patch_is_a_clear_error(project, tmp_path):
+    result = apply(project, "--patch", str(tmp_path / "missing.patch"))
+    assert result.returncode == 2 and "cannot read patch" in result.stderr
+    assert not (project / "bulk_email").exists()

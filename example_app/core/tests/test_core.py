@@ -23,14 +23,12 @@ def test_bulk_email_page_is_for_staff_only(client):
     assert response["Location"].startswith("/admin/login/")
 
 
-@pytest.mark.django_db
-def test_bulk_email_sends_one_message_per_recipient_inside_the_request(admin_client, mailoutbox):
-    response = admin_client.post(
-        "/",
-        {"subject": "Trip", "body": "Bring lunch.", "recipients": "a@school.test\nb@school.test, c@school.test"},
-    )
+def test_the_unpatched_mail_helper_sends_one_message_per_recipient(mailoutbox):
+    # The tests run on the copy patched by apply.py --patch (the staff page then queues, see
+    # app_patches/bulk_email/tests/test_example_view.py); core.mail is the "before" code.
+    from core.mail import send_bulk_email
 
-    assert response.status_code == 302
+    assert send_bulk_email("Trip", "Bring lunch.", ["a@school.test", "b@school.test", "c@school.test"]) == 3
     assert [m.to for m in mailoutbox] == [["a@school.test"], ["b@school.test"], ["c@school.test"]]
     assert mail.outbox[0].subject == "Trip"
 
