@@ -333,17 +333,54 @@ def test_batch_mode_sends_to_the_printed_smtp_sink(host):
         host.run(f"kill $(cat {log}.pid)")
 
 
+def test_batch_mode_has_a_private_spool_directory_in_its_env_file(host):
+    spool = host.file(f"{INTEL['project']}/.batch-spool")
+    assert spool.is_directory and (spool.user, spool.mode) == (DEVELOPER, 0o700)
+    assert env_file(host, INTEL)["BULK_EMAIL_BATCH_SPOOL_DIR"] == f"{INTEL['project']}/.batch-spool"
+    for case in (ARM, CELERY):
+        assert "BULK_EMAIL_BATCH_SPOOL_DIR" not in env_file(host, case)
+
+
+def test_batch_mode_the_printed_sender_sends_what_the_api_dispatched(host):
+    """send_bulk_email (the staff page's call) only pokes; the printed `batch_sender --watch` sends."""
+    sink = background(host, INTEL, "python -u -m aiosmtpd -n -l 127.0.0.1:1025")
+    sender = background(host, INTEL, "python manage.py batch_sender --watch")
+    try:
+        wait_for(lambda: host.socket("tcp://127.0.0.1:1025").is_listening, 30, "the sink does not listen")
+        tag = uuid.uuid4().hex[:8]
+        code = (
+            "from bulk_email.api import send_bulk_email; "
+            f"print('campaign-id', send_bulk_email('Dev {tag}', 'Hello', "
+            f"[f'student{{i}}.{tag}@edupulse.test' for i in range(4)]).pk)"
+        )
+        out = as_developer(host, f"{runner(INTEL)} python manage.py shell -c {shlex.quote(code)}")
+        assert out.rc == 0, out.stdout + out.stderr
+        campaign = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("campaign-id "))
+        wait_for(lambda: status(host, INTEL, campaign)["sent"] == 4, 120, host.file(sender).content_string)
+        wait_for(lambda: host.file(sink).content_string.count(f"Subject: Dev {tag}") >= 4, 10, "sink")
+        assert host.file(sink).content_string.count(f"Subject: Dev {tag}") == 4
+    finally:
+        host.run(f"kill $(cat {sender}.pid) $(cat {sink}.pid)")
+
+
+def test_batch_spool_directory_is_kept_out_of_git_only_in_batch_mode(host):
+    exclude = host.file(f"{ARM['project']}/.git/info/exclude").content_string.splitlines()
+    assert "/.batch-spool/" not in exclude
+
+
 # --- launchd agents ----------------------------------------------------------------------------
 def test_launchd_agents_run_the_printed_commands(host):
     agents = f"{HOME}/Library/LaunchAgents"
     names = sorted(host.file(agents).listdir())
-    assert names == ["org.edupulse.dev.smtp-sink.plist", "org.edupulse.dev.web.plist"]
+    assert names == ["org.edupulse.dev.batch-sender.plist", "org.edupulse.dev.smtp-sink.plist", "org.edupulse.dev.web.plist"]
     web = plistlib.loads(host.file(f"{agents}/org.edupulse.dev.web.plist").content)
     assert web["Label"] == "org.edupulse.dev.web"
     assert web["ProgramArguments"] == [runner(INTEL), "python", "manage.py", "runserver", "127.0.0.1:8000"]
     assert web["WorkingDirectory"] == INTEL["project"]
     sink = plistlib.loads(host.file(f"{agents}/org.edupulse.dev.smtp-sink.plist").content)
     assert sink["ProgramArguments"][1:] == ["python", "-m", "aiosmtpd", "-n", "-l", "127.0.0.1:1025"]
+    sender = plistlib.loads(host.file(f"{agents}/org.edupulse.dev.batch-sender.plist").content)
+    assert sender["ProgramArguments"] == [runner(INTEL), "python", "manage.py", "batch_sender", "--watch"]
 
 
 # --- runs that must fail before changing anything --------------------------------------------
