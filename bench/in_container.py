@@ -5,6 +5,7 @@
     python3 in_container.py limit --recipients 1000
     python3 in_container.py redis-memory --recipients 1000 --stop UNIT... [--db N]
     python3 in_container.py startup
+    python3 in_container.py web-submit --recipients 2000 [--repeat 3]
 
 Each subcommand prints one JSON object on its last line. Standard library only:
 it runs with the container's system python3, next to the deployed app and the
@@ -18,6 +19,9 @@ Why measured like this:
   with STARTTLS and the same trust store, from one plain smtplib client on one
   reused connection: what one sender can get out of this server, with no
   ledger, no queue and no Django.
+* "submit from the web page" is what a staff member waits for: the POST of the site's own
+  bulk-email form (through Nginx on https://127.0.0.1, logged in as staff, CSRF token and
+  all) until its redirect to the campaign page arrives. No process start is in it.
 * Memory is sampled from /proc (RSS every 100 ms, PSS every second) for the
   processes whose command line matches --workers (the batch sender, the rq workers and their
   work-horses, the celery worker and its children). RSS counts pages shared
@@ -355,6 +359,85 @@ def cmd_startup(args: argparse.Namespace) -> dict:
     return {"manage_version_s": round(min(runs), 3), "runs": [round(r, 3) for r in runs]}
 
 
+class Site:
+    """A staff member's browser session with the deployed site, through Nginx (standard library)."""
+
+    def __init__(self, base: str = "https://127.0.0.1") -> None:
+        import http.cookiejar
+        import urllib.request
+
+        context = ssl.create_default_context()
+        context.check_hostname = False  # the site's certificate is self-signed
+        context.verify_mode = ssl.CERT_NONE
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):
+                return None
+
+        self.base = base
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(
+            NoRedirect, urllib.request.HTTPSHandler(context=context),
+            urllib.request.HTTPCookieProcessor(self.cookies),
+        )
+
+    def call(self, path: str, fields: dict | None = None) -> tuple[int, str, str]:
+        """GET, or POST ``fields`` with the CSRF token and Referer Django wants; no redirects."""
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        data = None
+        request = urllib.request.Request(self.base + path)
+        if fields is not None:
+            token = next((c.value for c in self.cookies if c.name == "csrftoken"), "")
+            data = urllib.parse.urlencode({**fields, "csrfmiddlewaretoken": token}).encode()
+            request.add_header("Referer", self.base + path)
+        try:
+            response = self.opener.open(request, data=data, timeout=120)
+        except urllib.error.HTTPError as error:
+            response = error
+        return response.status, response.headers.get("Location", ""), response.read().decode("utf-8", "replace")
+
+    def log_in(self, user: str, password: str) -> None:
+        self.call("/admin/login/")
+        status, location, _ = self.call("/admin/login/", {"username": user, "password": password, "next": "/"})
+        if status != 302:
+            raise RuntimeError(f"staff login failed: HTTP {status}")
+
+
+def cmd_web_submit(args: argparse.Namespace) -> dict:
+    """POST the site's bulk-email page with --recipients addresses, --repeat times; time each."""
+    user, password = "bench-staff", secrets.token_hex(12)
+    manage("shell", "-c", (
+        "from django.contrib.auth import get_user_model\n"
+        "User = get_user_model()\n"
+        f"u = User.objects.filter(username={user!r}).first() or User.objects.create_superuser({user!r}, '', None)\n"
+        f"u.set_password({password!r}); u.save()\n"
+    ))
+    site = Site()
+    site.log_in(user, password)
+    load = loadavg()
+    runs, campaigns = [], []
+    for number in range(args.repeat):
+        tag = secrets.token_hex(3)
+        site.call("/")  # the form, as a person opens it first (fresh CSRF cookie)
+        fields = {"subject": f"{SUBJECT} {tag}", "body": "Dear student, the timetable changed.",
+                  "recipients": "\n".join(recipients(args.recipients, tag))}
+        start = time.perf_counter()
+        status, location, _ = site.call("/", fields)
+        runs.append(time.perf_counter() - start)
+        if status != 302 or "/bulk-email/campaigns/" not in location:
+            raise RuntimeError(f"the page did not redirect to a campaign: HTTP {status} {location}")
+        campaigns.append(location.rstrip("/").rsplit("/", 1)[-1])
+    ordered = sorted(runs)
+    return {
+        "recipients": args.recipients, "web_submit_s_min": round(ordered[0], 3),
+        "web_submit_s_median": round(ordered[len(ordered) // 2], 3),
+        "runs": [round(r, 3) for r in runs], "campaigns": campaigns, "loadavg": load,
+    }
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -368,13 +451,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     redis.add_argument("--db", type=int, default=0, help="database whose keys are reported")
     startup = sub.add_parser("startup")
     startup.add_argument("--repeat", type=int, default=3)
-    for command in (campaign, limit, redis, startup):
+    web = sub.add_parser("web-submit")
+    web.add_argument("--repeat", type=int, default=3)
+    for command in (campaign, limit, redis, startup, web):
         command.add_argument("--recipients", type=int, default=1000)
         command.add_argument("--timeout", type=float, default=900)
     return parser.parse_args(argv)
 
 
-COMMANDS = {"campaign": cmd_campaign, "limit": cmd_limit, "redis-memory": cmd_redis_memory, "startup": cmd_startup}
+COMMANDS = {"campaign": cmd_campaign, "limit": cmd_limit, "redis-memory": cmd_redis_memory, "startup": cmd_startup,
+            "web-submit": cmd_web_submit}
 
 
 def main(argv: list[str]) -> int:
