@@ -186,6 +186,15 @@ def start_redis(url: str, directory: Path) -> subprocess.Popen:
     pytest.fail("redis-server did not start listening within 10 s", pytrace=False)
 
 
+@pytest.fixture
+def spool(settings, tmp_path) -> Path:
+    """BULK_EMAIL_BATCH_SPOOL_DIR, an empty directory: where batch mode pokes its sender."""
+    directory = tmp_path / "batch-spool"
+    directory.mkdir()
+    settings.BULK_EMAIL_BATCH_SPOOL_DIR = str(directory)
+    return directory
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[str]:
     """A private redis-server on the port of BULK_EMAIL_REDIS_URL; yields the URL."""

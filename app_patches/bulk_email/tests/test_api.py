@@ -19,14 +19,6 @@ def addresses(n: int) -> list[str]:
     return [f"student{i:03d}@school.test" for i in range(1, n + 1)]
 
 
-@pytest.fixture
-def spool(settings, tmp_path) -> Path:
-    directory = tmp_path / "batch-spool"
-    directory.mkdir()
-    settings.BULK_EMAIL_BATCH_SPOOL_DIR = str(directory)
-    return directory
-
-
 def test_batch_mode_returns_at_once_and_pokes_the_sender_on_commit(
     smtp, spool, django_capture_on_commit_callbacks
 ):

@@ -35,14 +35,6 @@ def run(*args: str) -> list[str]:
 
 
 @pytest.fixture
-def spool(settings, tmp_path) -> Path:
-    directory = tmp_path / "batch-spool"
-    directory.mkdir()
-    settings.BULK_EMAIL_BATCH_SPOOL_DIR = str(directory)
-    return directory
-
-
-@pytest.fixture
 def fast(smtp, settings):
     """The command uses the real time.sleep: no delay between batches, no backoff."""
     settings.BULK_EMAIL_BATCH_DELAY = 0
