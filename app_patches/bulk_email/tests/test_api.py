@@ -5,7 +5,6 @@ process (the server's EHLO count stays 0), the deliveries pending, the
 campaign handed to its mode (batch: the spool poke for the batch sender).
 """
 import json
-from pathlib import Path
 
 import pytest
 
