@@ -254,6 +254,10 @@ def test_app_patches_are_applied_to_the_working_copy_once(host, project):
     assert ("django_rq.urls" in urls) == (case["mode"] == "rq")
     assert host.file(f"{case['project']}/bulk_email/sending.py").exists
     assert host.file(f"{case['project']}/edupulse/celery.py").exists == (case["mode"] == "celery")
+    # The staff page sends through the queue under runserver too (the example app's patch).
+    views = host.file(f"{case['project']}/core/views.py").content_string
+    assert "from bulk_email.api import" in views and "from .mail import send_bulk_email" not in views, views[:2000]
+    assert host.file(f"{case['project']}/.edupulse-patches").is_directory
 
 
 @pytest.mark.parametrize("project", PROJECTS)
