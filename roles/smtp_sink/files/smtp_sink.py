@@ -12,8 +12,10 @@ can count messages per recipient and per X-EduPulse-Campaign header. One
 line per message is printed to stdout (journald under systemd).
 
 Fault injection: while the file named by --fault-file exists and holds an
-SMTP code such as 421 or 451, every message is answered with that code and
-not stored, which simulates a provider outage. "stall N" instead makes the
+SMTP code such as 421 or 451, every message is answered with that code at
+DATA and not stored, which simulates a provider outage; a permanent code
+(5xx, e.g. 550) refuses every recipient at RCPT TO instead, as a provider
+refuses a mailbox (a 5xx at DATA would refuse the message or the account). "stall N" instead makes the
 server wait N seconds before answering each RCPT TO, like a provider slow to
 accept recipients: a client killed meanwhile has sent nothing the server
 could accept, which is how the tests kill workers in the middle of a send
@@ -100,6 +102,10 @@ class MaildirHandler:
         stall = read_stall(self.fault_file)
         if stall:
             await asyncio.sleep(stall)
+        fault = read_fault(self.fault_file)
+        if fault and fault.startswith("5"):
+            print(f"smtp-sink refused from={envelope.mail_from} to={address} reply={fault[:3]}", flush=True)
+            return fault
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"

@@ -107,6 +107,20 @@ def test_fault_file_refuses_messages_until_removed(sink, code):
     assert count(sink["maildir"])["total"] == 1
 
 
+def test_a_permanent_fault_refuses_each_recipient_at_rcpt(sink):
+    """A 5xx is how a provider refuses a mailbox: at RCPT, so the sender fails that recipient
+    (a 5xx at DATA would be a refusal of the message or the account, which stops a run)."""
+    sink["fault"].write_text("550\n")
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        send(sink["port"], "a@school.test", "c-1")
+    assert [code for code, _ in refused.value.recipients.values()] == [550]
+
+    sink["fault"].unlink()
+    send(sink["port"], "a@school.test", "c-1")
+
+    assert count(sink["maildir"])["total"] == 1
+
+
 def test_stall_delays_recipients_and_a_client_gone_meanwhile_leaves_nothing(sink):
     sink["fault"].write_text("stall 2\n")
     client = smtplib.SMTP("127.0.0.1", sink["port"], timeout=0.5)
