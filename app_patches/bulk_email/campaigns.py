@@ -60,7 +60,9 @@ def create_campaign(
     sender = from_email or settings.DEFAULT_FROM_EMAIL
     validate(subject, body, html_body or "", sender, addresses)
     mode = held_mode() or settings.BULK_EMAIL_QUEUE_MODE
-    if mode == "celery":
+    # Only where Celery runs: a campaign held for celery during a switch is created by the old
+    # mode's processes, which have neither Celery nor its settings; its enqueue checks it.
+    if mode == "celery" and settings.BULK_EMAIL_QUEUE_MODE == "celery":
         check_celery_spacing(len(addresses))
     with transaction.atomic():
         campaign = Campaign.objects.create(

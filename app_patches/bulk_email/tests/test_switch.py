@@ -424,3 +424,21 @@ def test_queue_switch_through_manage_py_as_the_deployment_runs_it(smtp_server, t
     sender = manage("batch_sender")
     assert sender.returncode == 0, sender.stderr
     assert smtp_server.received() == {"a@x.test": 1}
+
+
+@pytest.mark.django_db
+def test_a_campaign_held_for_celery_is_created_by_a_deployment_without_celery(fast, hold, settings, monkeypatch):
+    """During a switch from rq (or batch) to celery the old mode's processes create the held
+    campaigns: they have neither Celery installed nor its settings, so the celery-only checks
+    wait for the enqueue in the new mode instead of failing the submit."""
+    import sys
+
+    settings.BULK_EMAIL_QUEUE_MODE = "rq"
+    monkeypatch.setitem(sys.modules, "bulk_email.tasks", None)  # importing it raises ImportError
+    monkeypatch.setitem(sys.modules, "celery", None)
+    hold.write("celery\n")
+
+    campaign = create_campaign("Held", "x", [f"s{i}@x.test" for i in range(100)])
+
+    assert (campaign.mode, campaign.dispatched_at) == ("celery", None)
+    assert campaign.deliveries.count() == 100
