@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The example inventories pass site.yml's validation in every queue mode (and both Celery
-# brokers) once the vault holds real secrets (random ones here), and are refused with the vault
-# example's public placeholders, a "change-me" value or a short password, naming the variable.
+# brokers) with nothing but the SMTP password in the vault: every internal credential is
+# generated (roles/edupulse), here into a scratch directory, once, and read again by the next
+# run. A value the user gives is refused when it is the example vault's public placeholder,
+# contains "change-me" or is a short password, naming the variable.
 # inventories/cluster is the multi-host example (web, data, two workers).
 # playbooks/preflight.yml only asserts on variables (no module runs; the connection is local
 # all the same), so no host is contacted.
@@ -10,17 +12,17 @@ cd "$(dirname "$0")/../.."
 status=0
 extra_inventory=$(mktemp --suffix=.yml)
 vault=$(mktemp --suffix=.yml)
-trap 'rm -f "$extra_inventory" "$vault" "$vault.weak"' EXIT
+credentials=$(mktemp -d)
+trap 'rm -rf "$extra_inventory" "$vault" "$credentials"' EXIT
 example_vault=inventories/production/group_vars/all/vault.yml.example
-# A vault as a user fills it in: every one-line value of the example replaced by a random one.
-python3 - "$example_vault" "$vault" <<'PY'
-import json, re, secrets, sys
-lines = []
-for line in open(sys.argv[1], encoding="utf-8"):
-    match = re.match(r'^(vault_\w+): "[^"\n]*"$', line.rstrip("\n"))
-    lines.append(f"{match.group(1)}: {json.dumps(secrets.token_hex(24))}\n" if match else line)
-open(sys.argv[2], "w", encoding="utf-8").writelines(lines)
-PY
+# The vault as a user fills it in: the SMTP password (and the cluster's TLS key), nothing else.
+python3 - "$vault" <<'PY2'
+import json, secrets, sys
+with open(sys.argv[1], "w", encoding="utf-8") as vault:
+    vault.write(f"vault_edupulse_app_email_password: {json.dumps(secrets.token_hex(8))}\n")
+    vault.write('vault_redis_tls_certificate_key: "-----BEGIN PRIVATE KEY-----\\n(placeholder)\\n-----END PRIVATE KEY-----"\n')
+PY2
+preflight=(ansible-playbook playbooks/preflight.yml -e ansible_connection=local -e "edupulse_credentials_dir=$credentials")
 for inventory in inventories/production inventories/staging inventories/cluster; do
   for variant in batch rq celery:redis celery:rabbitmq; do
     mode=${variant%%:*}
@@ -40,8 +42,7 @@ for inventory in inventories/production inventories/staging inventories/cluster;
       printf 'all:\n  children:\n    rabbitmq:\n      hosts:\n        %s:\n' "$host" >"$extra_inventory"
       inventories+=(-i "$extra_inventory")
     fi
-    if out=$(ansible-playbook playbooks/preflight.yml "${inventories[@]}" -e ansible_connection=local \
-        -e "@$vault" "${extra[@]}" 2>&1); then
+    if out=$("${preflight[@]}" "${inventories[@]}" -e "@$vault" "${extra[@]}" 2>&1); then
       echo "[inventories] $inventory $variant: valid"
     else
       echo "[inventories] $inventory $variant: INVALID"
@@ -51,38 +52,47 @@ for inventory in inventories/production inventories/staging inventories/cluster;
   done
 done
 
-# refused VAULT MODE EXPECTED...: preflight must fail and name each EXPECTED text.
+# The generated credentials: one file each, owner-only, and the same values on the next run.
+generated=$(find "$credentials" -type f | wc -l)
+loose=$(find "$credentials" -type f ! -perm 0600 | wc -l)
+before=$(cat "$credentials"/* | sha256sum)
+"${preflight[@]}" -i inventories/production/hosts.yml -e "@$vault" -e queue_mode=celery >/dev/null 2>&1 || true
+after=$(cat "$credentials"/* | sha256sum)
+if [ "$generated" -ge 9 ] && [ "$loose" -eq 0 ] && [ "$before" = "$after" ]; then
+  echo "[inventories] generated credentials: $generated files, mode 0600, unchanged by a later run"
+else
+  echo "[inventories] generated credentials: $generated files, $loose not 0600, reused: $([ "$before" = "$after" ] && echo yes || echo no)"
+  status=1
+fi
+
+# refused MODE EXPECTED... -- ARGS: preflight must fail and name each EXPECTED text.
 refused() {
-  local vault_file=$1 mode=$2 out
-  shift 2
-  if out=$(ansible-playbook playbooks/preflight.yml -i inventories/production/hosts.yml \
-      -e ansible_connection=local -e "@$vault_file" -e "queue_mode=$mode" 2>&1); then
-    echo "[inventories] production $mode with $vault_file: ACCEPTED (should be refused)"
+  local mode=$1 out expected=()
+  shift
+  while [ "$1" != -- ]; do expected+=("$1"); shift; done
+  shift
+  if out=$("${preflight[@]}" -i inventories/production/hosts.yml -e "queue_mode=$mode" "$@" 2>&1); then
+    echo "[inventories] production $mode with $*: ACCEPTED (should be refused)"
     status=1
     return
   fi
-  for expected in "$@"; do
-    if ! grep -qF -- "$expected" <<<"$out"; then
-      echo "[inventories] production $mode with $vault_file: refused, but without '$expected'"
+  for text in "${expected[@]}"; do
+    if ! grep -qF -- "$text" <<<"$out"; then
+      echo "[inventories] production $mode with $*: refused, but without '$text'"
       echo "$out" | grep -E 'ERROR|msg' | head -5
       status=1
       return
     fi
   done
-  echo "[inventories] production $mode with $vault_file: refused ($*)"
+  echo "[inventories] production $mode: refused (${expected[*]})"
 }
-refused "$example_vault" rq "edupulse_app_secret_key is the example vault's placeholder" \
-  "edupulse_app_email_password is the example vault's placeholder" \
-  "redis_admin_password is the example vault's placeholder" \
-  "redis_acl_users[edupulse-app].password is the example vault's placeholder" \
-  "redis_acl_users[rq-worker].password is the example vault's placeholder"
-refused "$example_vault" celery "celery_flower_auth_password is the example vault's placeholder" \
-  "nginx_flower_auth_password is the example vault's placeholder" \
-  "redis_acl_users[celery-worker].password is the example vault's placeholder"
-sed -e 's/^vault_redis_app_password: .*/vault_redis_app_password: "change-me-please-9f8e7d6c5b4a"/' \
-  -e 's/^vault_redis_admin_password: .*/vault_redis_admin_password: "s3cret"/' "$vault" >"$vault.weak"
-refused "$vault.weak" rq 'redis_acl_users[edupulse-app].password contains "change-me"' \
-  "redis_admin_password is shorter than 16 characters"
+refused rq "edupulse_app_email_password is the example vault's placeholder" -- -e "@$example_vault"
+refused rq 'redis_acl_users[edupulse-app].password contains "change-me"' \
+  "redis_admin_password is shorter than 16 characters" -- -e "@$vault" \
+  -e edupulse_redis_app_password=change-me-please-9f8e7d6c5b4a -e edupulse_redis_admin_password=s3cret
+refused celery 'celery_flower_auth_password contains "change-me"' 'nginx_flower_auth_password contains "change-me"' \
+  -- -e "@$vault" -e edupulse_flower_password=change-me-flower-0123456789
+refused rq "edupulse_app_secret_key" -- -e "@$vault" -e edupulse_app_secret_key=short
 
 # A multi-host inventory without a shared database is refused before anything changes: each app
 # host would keep its own SQLite ledger. Two "hosts" on this machine (a local connection), so

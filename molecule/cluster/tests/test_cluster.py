@@ -277,8 +277,9 @@ def test_rabbitmq_on_its_own_host_takes_only_the_app_hosts(hosts, address, tmp_p
 
 
 def demo_secret(name: str) -> str:
-    """A password the demo group_vars generated on this controller (~/.cache/edupulse)."""
-    return (Path.home() / ".cache/edupulse" / name).read_text().strip()
+    """A credential the deployment generated on this controller, beside the scenario's inventory
+    (roles/edupulse: edupulse_credentials_dir, the inventory directory's .credentials/)."""
+    return (Path(os.environ["MOLECULE_INVENTORY_FILE"]).parent / ".credentials" / name).read_text().strip()
 
 
 def received_tasks(host, campaign_id: str) -> int:

@@ -114,7 +114,7 @@ def test_flower_is_served_exactly_where_it_runs_and_no_queue_port_is_open_withou
     ports = listening_ports(host)
     assert 443 in ports, ports  # ss sees the sockets at all
     served = "upstream edupulse_flower" in rendered_config
-    # nginx_flower_enabled follows celery_flower_enabled: /flower/ where Flower listens, only there.
+    # Both follow edupulse_flower_enabled (roles/edupulse): /flower/ where Flower listens, only there.
     assert served == (FLOWER_PORT in ports), (served, sorted(ports))
     if mode == "celery":
         assert served, "the celery scenarios run Flower behind Nginx"
