@@ -515,25 +515,27 @@ def compare_markdown(results: dict) -> str:
         f"Run {results['started']} on {results['machine']['cpus']} CPUs, {results['recipients']} recipients, "
         f"package of {results['compare']} against this checkout, turns interleaved.",
         "",
-        "| mode | setting | round | version | limit msg/s | msg/s | x limit | msg/s end to end | sent | dup | "
-        "load 1 min (limit, campaign) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| mode | setting | round | version | limit msg/s | msg/s | x limit | msg/s end to end | "
+        "sender CPU ms/msg | sent | dup | load 1 min (limit, campaign) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    medians: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    medians: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
     for mode, turns in results["versions"].items():
         for turn in turns:
             limit, campaign = turn["limit"]["sending_msg_per_s"], turn["campaign"]
             ratio = round(campaign["sending_msg_per_s"] / limit, 2)
-            medians.setdefault((mode, turn["version"]), []).append((campaign["sending_msg_per_s"], ratio))
+            cpu = round(campaign.get("sender_cpu_s", 0) * 1000 / campaign["recipients"], 2)
+            medians.setdefault((mode, turn["version"]), []).append((campaign["sending_msg_per_s"], ratio, cpu))
             lines.append(
                 f"| {mode} | {turn['setting']} | {turn['round']} | {turn['version']} | {limit} | "
-                f"{campaign['sending_msg_per_s']} | {ratio} | {campaign['end_to_end_msg_per_s']} | "
+                f"{campaign['sending_msg_per_s']} | {ratio} | {campaign['end_to_end_msg_per_s']} | {cpu} | "
                 f"{campaign['ledger']['sent']} | {campaign['duplicates']} | "
                 f"{turn['limit']['loadavg'][0]}, {campaign['loadavg'][0]} |")
-    lines += ["", "| mode | version | median msg/s | median x limit |", "| --- | --- | --- | --- |"]
+    lines += ["", "| mode | version | median msg/s | median x limit | median sender CPU ms/msg |",
+              "| --- | --- | --- | --- | --- |"]
     for (mode, version), values in medians.items():
-        lines.append(f"| {mode} | {version} | {statistics.median(v[0] for v in values)} | "
-                     f"{statistics.median(v[1] for v in values)} |")
+        lines.append(f"| {mode} | {version} | " + " | ".join(
+            str(statistics.median(value[column] for value in values)) for column in range(3)) + " |")
     return "\n".join(lines) + "\n"
 
 
