@@ -116,7 +116,13 @@ class MemorySampler(threading.Thread):
         self.cpu_ticks: dict[str, int] = {}  # pid -> last user + system time seen
 
     def _matches(self, pid: str) -> bool:
-        """Whether the process's command line matches (read once per pid)."""
+        """Whether the process's command line matches (read once per pid; a miss once a second).
+
+        A miss is read again because a process sampled between systemd's fork and its exec
+        still has PID 1's command line; its CPU time is cumulative, so nothing of it is lost.
+        """
+        if self.samples % self.pss_every == 0 and self.known.get(pid) is False:
+            del self.known[pid]
         if pid not in self.known:
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")

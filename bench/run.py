@@ -535,7 +535,14 @@ def compare_markdown(results: dict) -> str:
               "| --- | --- | --- | --- | --- |"]
     for (mode, version), values in medians.items():
         lines.append(f"| {mode} | {version} | " + " | ".join(
-            str(statistics.median(value[column] for value in values)) for column in range(3)) + " |")
+            str(round(statistics.median(value[column] for value in values), 2)) for column in range(3)) + " |")
+    # The limit does not depend on the version, and one turn's limit moves with the load of its
+    # minute: the median of all of a mode's limits is the steadier yardstick.
+    for mode, turns in results["versions"].items():
+        limit = statistics.median(turn["limit"]["sending_msg_per_s"] for turn in turns)
+        ratios = ", ".join(f"{version} {round(statistics.median(v[0] for v in values) / limit, 2)}"
+                           for (name, version), values in medians.items() if name == mode)
+        lines.append(f"\n{mode}: median limit of all turns {limit} msg/s; median msg/s x that limit: {ratios}")
     return "\n".join(lines) + "\n"
 
 
