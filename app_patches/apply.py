@@ -36,11 +36,13 @@ patches (newest first), giving back the original files byte for byte. --check re
 prints {"changed": bool, "files": [...]} as the last line of stdout.
 
 Per-mode edits live in ``edits_for`` (blocks) and ``files_for`` (whole
-files this script owns).
+files this script owns); what each mode needs (its apps, URLs, Celery app)
+is the app's own table, bulk_email/modes/table.py, read here by its path.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -48,13 +50,39 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 APP_NAME = "bulk_email"
 APP_SOURCE = Path(__file__).resolve().parent / APP_NAME
-MODES = ("batch", "rq", "celery")
+MODE_TABLE = APP_SOURCE / "modes" / "table.py"
+
+
+def load_mode_table() -> types.ModuleType:
+    """The app's table of what each queue mode needs of the project.
+
+    Loaded from its file rather than imported: importing the package would
+    import Django, which the target's system python3 does not have. No
+    bytecode is written, so the copied app_patches stays as rsync left it.
+    """
+    spec = importlib.util.spec_from_file_location("_bulk_email_mode_table", MODE_TABLE)
+    if not MODE_TABLE.is_file() or spec is None or spec.loader is None:
+        raise SystemExit(f"apply.py: error: the app's mode table is missing: {MODE_TABLE}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.dont_write_bytecode = dont_write
+    return module
+
+
+_TABLE = load_mode_table()
+NEEDS = _TABLE.NEEDS
+MODES = _TABLE.NAMES
 BEGIN = "# >>> edupulse-queue (managed by app_patches/apply.py; remove with --remove) >>>"
 END = "# <<< edupulse-queue <<<"
 # Written into the copied package so that --remove (and a re-run) only ever
@@ -134,15 +162,15 @@ def settings_block(package: str, mode: str) -> Block:
 
 
 def urls_block(package: str, mode: str) -> Block:
-    """Mount the app's URLs at the site root (they all start with bulk-email/), and in rq
-    mode django-rq's dashboard at django-rq/ (its views let staff users only in).
+    """Mount the app's URLs at the site root (they all start with bulk-email/), and the
+    mode's own (rq: django-rq's dashboard at django-rq/, whose views let staff users only in).
 
-    The rq line is part of the block, not of the app's urls.py, so that a batch project
+    The mode's lines are part of the block, not of the app's urls.py, so that a batch project
     never imports django_rq; switching --mode rewrites the block in place.
     """
     patterns = [f'_bulk_email_path("", _bulk_email_include("{APP_NAME}.urls"))']
-    if mode == "rq":
-        patterns.append('_bulk_email_path("django-rq/", _bulk_email_include("django_rq.urls"))')
+    patterns += [f'_bulk_email_path("{prefix}", _bulk_email_include("{urlconf}"))'
+                 for prefix, urlconf in NEEDS[mode].urls]
     return Block(
         f"{package}/urls.py",
         "from django.urls import include as _bulk_email_include  # noqa: E402\n"
@@ -164,9 +192,9 @@ def celery_init_block(package: str) -> Block:
 
 
 def edits_for(package: str, mode: str) -> list[Block]:
-    """The blocks a mode needs (rq: the urls block differs; celery: one more in __init__.py)."""
+    """The blocks a mode needs (its URLs in the urls block; a Celery app: one more in __init__.py)."""
     blocks = [settings_block(package, mode), urls_block(package, mode)]
-    if mode == "celery":
+    if NEEDS[mode].celery_app:
         blocks.append(celery_init_block(package))
     return blocks
 
@@ -198,7 +226,7 @@ MANAGED_FILE_MARKER = "# Managed by app_patches/apply.py (celery mode): do not e
 
 def files_for(package: str, mode: str) -> dict[str, str]:
     """Whole files a mode needs, relative path -> text; each starts with MANAGED_FILE_MARKER."""
-    if mode == "celery":
+    if NEEDS[mode].celery_app:
         return {f"{package}/celery.py": CELERY_APP.format(marker=MANAGED_FILE_MARKER, package=package)}
     return {}
 

@@ -27,7 +27,7 @@ Why measured like this:
   work-horses, the celery worker and its children). RSS counts pages shared
   between a parent and its forked children once per process; PSS splits
   them, so the PSS sum is what the mode really costs and the RSS sum its
-  upper bound.
+  upper bound. The senders' CPU time is read from /proc/PID/stat at the same samples.
 """
 from __future__ import annotations
 
@@ -113,9 +113,16 @@ class MemorySampler(threading.Thread):
         self.stopped = threading.Event()
         self.known: dict[str, bool] = {}
         self.peak_rss_kb = self.peak_pss_kb = self.peak_processes = self.samples = 0
+        self.cpu_ticks: dict[str, int] = {}  # pid -> last user + system time seen
 
     def _matches(self, pid: str) -> bool:
-        """Whether the process's command line matches (read once per pid)."""
+        """Whether the process's command line matches (read once per pid; a miss once a second).
+
+        A miss is read again because a process sampled between systemd's fork and its exec
+        still has PID 1's command line; its CPU time is cumulative, so nothing of it is lost.
+        """
+        if self.samples % self.pss_every == 0 and self.known.get(pid) is False:
+            del self.known[pid]
         if pid not in self.known:
             try:
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -144,9 +151,19 @@ class MemorySampler(threading.Thread):
             pass
         return 0
 
+    def _cpu(self, pid: str) -> None:
+        """Remember the process's user + system ticks (/proc/PID/stat fields 14 and 15)."""
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            self.cpu_ticks[pid] = int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            pass
+
     def sample(self, with_pss: bool = True) -> tuple[int, int, int]:
         """(RSS kB, PSS kB or 0, processes) of the matching processes right now."""
         pids = self.matching()
+        for pid in pids:
+            self._cpu(pid)
         rss = sum(self._rss_kb(pid) for pid in pids)
         pss = sum(self._pss_kb(pid) for pid in pids) if with_pss else 0
         return rss, pss, len(pids)
@@ -169,6 +186,9 @@ class MemorySampler(threading.Thread):
             "peak_pss_mib": round(self.peak_pss_kb / 1024, 1),
             "peak_processes": self.peak_processes,
             "memory_samples": self.samples,
+            # CPU seconds of the senders as last sampled (start-up included; at most one
+            # interval of each process's end is missed).
+            "sender_cpu_s": round(sum(self.cpu_ticks.values()) / os.sysconf("SC_CLK_TCK"), 2),
         }
 
 

@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py [--modes batch,rq,celery] [--recipients 1000] [--keep]
                                   [--settings '50/0 s,2 workers'] [--measure-only]
                                   [--converge-only] [--mitogen] [--prefix NAME]
+                                  [--compare REF [--rounds 3]]
 
 For each mode: a fresh container bench-<mode> from the local systemd image
 (the flags of .config/molecule/config.yml), deployed with the project's own
@@ -34,11 +35,27 @@ with Mitogen's strategy (an opt-in: `pip install mitogen` happens
 only then, into .cache/mitogen; the plain path stays the default). --converge-only stops after the
 deploy times (no campaigns). --prefix (or EDUPULSE_BENCH_PREFIX) names the
 containers <prefix>-<mode> instead of bench-<mode>, for runs side by side.
+
+Code before and after, same run: --compare REF measures kept containers (as
+--measure-only does, one --settings name per mode) with the app package
+(app_patches/bulk_email) of the git commit REF and of this checkout's working
+tree in turn, REF first, --rounds times: each turn installs that version's
+package into the deployed code directory, then runs the limit and a campaign,
+so both versions meet the same machine load within minutes of each other.
+The deployment itself (site.yml, env file, units, database) stays this
+checkout's; a version without a migration of the other's simply leaves that
+table alone. A REF from before app_patches/patches is measured with the
+project's recorded patches (the staff page's, which imports bulk_email.api)
+reversed, as it was deployed then. The mode's timer-started senders are
+stopped meanwhile (REF may not have them). Results: bench/results/compare-<UTC time>.json and .md.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import statistics
+import tarfile
 import os
 import platform
 import re
@@ -411,6 +428,124 @@ def measure_mode(mode: Mode, recipients: int, reconfigure: dict) -> dict:
     return block
 
 
+# --- Before and after, same run (--compare) ---------------------------------------------------
+
+APP_PACKAGE = "app_patches/bulk_email"
+CODE_DIR = "/opt/edupulse/app"  # the role's edupulse_app_root/app (bench/vars.yml keeps the default)
+# Started by systemd on their own (batch's sender pass); stopped while versions are swapped.
+TIMER_UNITS = {"batch": ["edupulse-batch-sender.timer", "edupulse-batch-sender.path"]}
+
+
+def package_tar(ref: str | None) -> bytes:
+    """The app package of git commit ``ref``, or of the working tree (None), as a tar without tests."""
+    if ref:
+        return subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref, APP_PACKAGE],
+                              capture_output=True, check=True).stdout
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(REPO / APP_PACKAGE, arcname=APP_PACKAGE,
+                filter=lambda info: None if "/tests" in info.name or "__pycache__" in info.name else info)
+    return buffer.getvalue()
+
+
+def has_patch_files(ref: str) -> bool:
+    """Whether the checkout at ``ref`` patches the project's own code (app_patches/patches)."""
+    return subprocess.run(["git", "-C", str(REPO), "cat-file", "-e", f"{ref}:app_patches/patches"],
+                          capture_output=True, check=False).returncode == 0
+
+
+def set_project_patches(mode: str, applied: bool) -> None:
+    """Apply (or reverse, newest first) the project patches apply.py recorded, where not so already."""
+    direction = "--forward" if applied else "--reverse"
+    order = "sort" if applied else "sort -r"
+    script = (
+        f"cd {CODE_DIR}; for p in $(ls .edupulse-patches/*.patch 2>/dev/null | {order}); do "
+        f"if patch -p1 --batch --silent --fuzz=0 --dry-run {direction} < $p >/dev/null 2>&1; then "
+        f"patch -p1 --batch --silent --fuzz=0 --no-backup-if-mismatch {direction} < $p; fi; done"
+    )
+    run(["docker", "exec", container(mode), "sh", "-c", script])
+
+
+def install_package(mode: str, tar: bytes, patched: bool = True) -> None:
+    """Replace the deployed bulk_email package by the one in ``tar``, keeping apply.py's owner file;
+    ``patched``: with the project's recorded patches applied (else reversed)."""
+    set_project_patches(mode, patched)
+    script = (
+        "set -e; work=/tmp/edupulse-bench-version; rm -rf $work; mkdir -p $work; tar -x -C $work; "
+        f"find {CODE_DIR}/bulk_email -mindepth 1 -maxdepth 1 ! -name .managed-by-edupulse-apply "
+        "-exec rm -rf {} +; "
+        f"cd $work/{APP_PACKAGE}; rm -rf tests; cp -a . {CODE_DIR}/bulk_email/; "
+        f"chown -R root:root {CODE_DIR}/bulk_email; chmod -R a+rX {CODE_DIR}/bulk_email"
+    )
+    subprocess.run(["docker", "exec", "-i", container(mode), "sh", "-c", script], input=tar,
+                   capture_output=True, check=True, timeout=120)
+
+
+def measure_versions(mode: Mode, ref: str, rounds: int, recipients: int) -> list[dict]:
+    """REF's package and this checkout's in turn, ``rounds`` times: limit, then a campaign, each."""
+    versions = {ref[:12]: (package_tar(ref), has_patch_files(ref)), "this checkout": (package_tar(None), True)}
+    setting = mode.settings[0]
+    timers = TIMER_UNITS.get(mode.name, [])
+    copy_driver(mode.name)
+    if timers:
+        run(["docker", "exec", container(mode.name), "systemctl", "stop", *timers])
+    turns = []
+    try:
+        for number in range(1, rounds + 1):
+            for label, (tar, patched) in versions.items():
+                log(f"{mode.name} / {setting.name}: round {number}, {label}")
+                install_package(mode.name, tar, patched)
+                in_container(mode.name, "campaign", "--recipients", "20", "--workers", mode.workers)
+                turns.append({
+                    "round": number, "version": label, "setting": setting.name,
+                    "limit": in_container(mode.name, "limit", "--recipients", str(recipients)),
+                    "campaign": in_container(mode.name, "campaign", "--recipients", str(recipients),
+                                             "--workers", mode.workers),
+                })
+    finally:
+        install_package(mode.name, *versions["this checkout"])
+        if timers:
+            run(["docker", "exec", container(mode.name), "systemctl", "start", *timers])
+    return turns
+
+
+def compare_markdown(results: dict) -> str:
+    """One row per turn, then the medians per version (msg/s between the first and last 250)."""
+    lines = [
+        f"Run {results['started']} on {results['machine']['cpus']} CPUs, {results['recipients']} recipients, "
+        f"package of {results['compare']} against this checkout, turns interleaved.",
+        "",
+        "| mode | setting | round | version | limit msg/s | msg/s | x limit | msg/s end to end | "
+        "sender CPU ms/msg | sent | dup | load 1 min (limit, campaign) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    medians: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+    for mode, turns in results["versions"].items():
+        for turn in turns:
+            limit, campaign = turn["limit"]["sending_msg_per_s"], turn["campaign"]
+            ratio = round(campaign["sending_msg_per_s"] / limit, 2)
+            cpu = round(campaign.get("sender_cpu_s", 0) * 1000 / campaign["recipients"], 2)
+            medians.setdefault((mode, turn["version"]), []).append((campaign["sending_msg_per_s"], ratio, cpu))
+            lines.append(
+                f"| {mode} | {turn['setting']} | {turn['round']} | {turn['version']} | {limit} | "
+                f"{campaign['sending_msg_per_s']} | {ratio} | {campaign['end_to_end_msg_per_s']} | {cpu} | "
+                f"{campaign['ledger']['sent']} | {campaign['duplicates']} | "
+                f"{turn['limit']['loadavg'][0]}, {campaign['loadavg'][0]} |")
+    lines += ["", "| mode | version | median msg/s | median x limit | median sender CPU ms/msg |",
+              "| --- | --- | --- | --- | --- |"]
+    for (mode, version), values in medians.items():
+        lines.append(f"| {mode} | {version} | " + " | ".join(
+            str(round(statistics.median(value[column] for value in values), 2)) for column in range(3)) + " |")
+    # The limit does not depend on the version, and one turn's limit moves with the load of its
+    # minute: the median of all of a mode's limits is the steadier yardstick.
+    for mode, turns in results["versions"].items():
+        limit = statistics.median(turn["limit"]["sending_msg_per_s"] for turn in turns)
+        ratios = ", ".join(f"{version} {round(statistics.median(v[0] for v in values) / limit, 2)}"
+                           for (name, version), values in medians.items() if name == mode)
+        lines.append(f"\n{mode}: median limit of all turns {limit} msg/s; median msg/s x that limit: {ratios}")
+    return "\n".join(lines) + "\n"
+
+
 # --- Report ----------------------------------------------------------------------------------
 
 
@@ -523,6 +658,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="only the deploy times (first converge, no-change re-run), no campaigns")
     parser.add_argument("--mitogen", action="store_true",
                         help=f"also the deploy times with Mitogen (installs {MITOGEN} into .cache/mitogen if missing)")
+    parser.add_argument("--compare", metavar="REF",
+                        help="measure the kept containers with the app package of git commit REF and of "
+                             "this checkout in turn (one --settings name per mode)")
+    parser.add_argument("--rounds", type=int, default=3, help="--compare: turns of each version")
     parser.add_argument("--prefix", default=PREFIX[0],
                         help="containers are <prefix>-<mode> (default: $EDUPULSE_BENCH_PREFIX or bench)")
     args = parser.parse_args(argv)
@@ -563,6 +702,22 @@ def measure_kept(args: argparse.Namespace, modes: dict[str, Mode], results: dict
             measure_setting(modes[mode], modes[mode].settings[0], args.recipients)]}
 
 
+def compare_kept(args: argparse.Namespace, modes: dict[str, Mode], results: dict, load: LoadRecorder) -> None:
+    """--compare: each kept container, REF's package and this checkout's in turn; its own report."""
+    results.update(compare=args.compare, versions={})
+    for mode in args.modes:
+        if len(modes[mode].settings) != 1:
+            raise SystemExit("--compare needs --settings naming one setting per mode (the deployed one)")
+        results["versions"][mode] = measure_versions(modes[mode], args.compare, args.rounds, args.recipients)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / f"compare-{results['started'].replace(':', '')}"
+    results["load"], results["load_at_end"] = load.summary(), loadavg()
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    stem.with_suffix(".md").write_text(compare_markdown(results))
+    print(stem.with_suffix(".md").read_text())
+    log(f"results: {stem}.md and {stem}.json")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     modes = {mode: selected(MODES[mode], args.settings) for mode in args.modes}
@@ -574,6 +729,9 @@ def main(argv: list[str]) -> int:
         "machine": machine(), "load_at_start": loadavg(), "ansible": {}, "reconfigure": {}, "modes": {}, "errors": {},
     }
     try:
+        if args.compare:
+            compare_kept(args, modes, results, load)
+            return 0
         if args.measure_only:
             measure_kept(args, modes, results)
             return 0

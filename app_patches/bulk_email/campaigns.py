@@ -19,8 +19,9 @@ from django.core.mail import EmailMultiAlternatives
 from django.core.validators import validate_email
 from django.db import transaction
 
+from . import modes
+from .hold import held_mode
 from .models import Campaign, Delivery
-from .switch import held_mode
 
 
 def unique_recipients(recipients: Iterable[str]) -> list[str]:
@@ -60,10 +61,11 @@ def create_campaign(
     sender = from_email or settings.DEFAULT_FROM_EMAIL
     validate(subject, body, html_body or "", sender, addresses)
     mode = held_mode() or settings.BULK_EMAIL_QUEUE_MODE
-    # Only where Celery runs: a campaign held for celery during a switch is created by the old
-    # mode's processes, which have neither Celery nor its settings; its enqueue checks it.
-    if mode == "celery" and settings.BULK_EMAIL_QUEUE_MODE == "celery":
-        check_celery_spacing(len(addresses))
+    # Only in the mode this deployment runs: a campaign held for another mode during a switch
+    # is created by the old mode's processes, which lack the new one's library and settings
+    # (Celery's, say); its enqueue checks it.
+    if mode == settings.BULK_EMAIL_QUEUE_MODE:
+        modes.get(mode).check_submit(len(addresses))
     with transaction.atomic():
         campaign = Campaign.objects.create(
             subject=subject,
@@ -117,20 +119,3 @@ def validate(subject: str, body: str, html_body: str, sender: str, addresses: li
             f"the message is about {size} bytes; BULK_EMAIL_MAX_MESSAGE_BYTES allows "
             f"{settings.BULK_EMAIL_MAX_MESSAGE_BYTES} (providers refuse larger ones: Gmail at 25 MB)"
         )
-
-
-def check_celery_spacing(recipients: int) -> None:
-    """celery mode: refuse now a campaign whose spaced batches would outwait the broker.
-
-    tasks.check_spacing raises at enqueue time, after the rows are written;
-    a campaign refused there would stay pending and fail every recovery.
-    """
-    from django.core.exceptions import ImproperlyConfigured
-
-    from .tasks import check_spacing
-
-    batches = -(-recipients // settings.BULK_EMAIL_BATCH_SIZE)
-    try:
-        check_spacing(batches)
-    except ImproperlyConfigured as exc:
-        raise ValueError(str(exc)) from None

@@ -12,6 +12,7 @@ claim left behind by a killed process is taken over.
 import uuid
 
 from django.db import models
+from django.utils import timezone
 from django.db.models.functions import Lower
 
 
@@ -44,6 +45,11 @@ class Campaign(models.Model):
         for status, n in rows:
             counts[status] = n
         return counts
+
+    def mark_dispatched(self) -> None:
+        """Record that the campaign was (last) handed to its queue mode (see bulk_email.dispatch)."""
+        self.dispatched_at = timezone.now()
+        Campaign.objects.filter(pk=self.pk).update(dispatched_at=self.dispatched_at)
 
     def sending(self) -> int:
         """Pending deliveries some runner has claimed (being sent now, or left by a dead one)."""

@@ -1,7 +1,7 @@
 """Trying again what is stuck: ``manage.py retry_failed`` and the campaign page's retry button.
 
 One function for both, so the button does exactly what the operator's
-command does. Per queue mode:
+command does. Per queue mode (each one's ``retry_failed`` in bulk_email.modes):
 
 rq: every campaign job in the email queue's FailedJobRegistry (retries used
 up, its deliveries still pending in the ledger) goes back on the queue with
@@ -30,50 +30,15 @@ from __future__ import annotations
 from django.conf import settings
 from django.db.models import QuerySet
 
+from . import modes
 from .dispatch import dispatch
 from .models import Campaign, Delivery
-
-
-def pending_batch_campaigns() -> list[Campaign]:
-    """Batch campaigns that still have pending deliveries, oldest first."""
-    ids = (
-        Delivery.objects.filter(status=Delivery.Status.PENDING, campaign__mode="batch")
-        .values_list("campaign_id", flat=True)
-        .distinct()
-    )
-    return list(Campaign.objects.filter(pk__in=ids).order_by("created_at"))
+from .modes import RetryRun
 
 
 def revive(failed: QuerySet[Delivery]) -> int:
     """Turn failed deliveries back to pending (unclaimed); their last error stays for the page."""
     return failed.update(status=Delivery.Status.PENDING, claimed_by="", claimed_at=None)
-
-
-def drop_failed_queue_entries(campaign: Campaign) -> int:
-    """Remove the campaign's failed rq jobs or FAILURE celery results; a fresh dispatch replaces them."""
-    mode = settings.BULK_EMAIL_QUEUE_MODE
-    if mode == "rq":
-        from rq.registry import FailedJobRegistry
-
-        from .rq_jobs import email_queue, failed_campaign_jobs
-        from .sending import campaign_prefix
-
-        registry = FailedJobRegistry(queue=email_queue())
-        ids = [job for job in failed_campaign_jobs() if job.startswith(campaign_prefix(campaign.id))]
-        for job_id in ids:
-            registry.remove(job_id, delete_job=True)
-        return len(ids)
-    if mode == "celery":
-        from django_celery_results.models import TaskResult
-
-        from .sending import campaign_prefix
-        from .tasks import SEND_BATCH
-
-        deleted, _ = TaskResult.objects.filter(
-            task_name=SEND_BATCH, status="FAILURE", task_id__startswith=campaign_prefix(campaign.id)
-        ).delete()
-        return deleted
-    return 0
 
 
 def retry_campaign(campaign: Campaign, *, include_failed: bool = False, dry_run: bool = False,
@@ -93,7 +58,7 @@ def retry_campaign(campaign: Campaign, *, include_failed: bool = False, dry_run:
         return summary
     if include_failed:
         revive(failed)
-    drop_failed_queue_entries(campaign)
+    modes.get(mode).drop_failed_entries(campaign)
     if campaign.mode != mode:
         # A campaign of a mode this deployment no longer runs: its queue is gone (a switch).
         Campaign.objects.filter(pk=campaign.pk).update(mode=mode)
@@ -122,40 +87,9 @@ def retry_failed(*, include_failed: bool = False, dry_run: bool = False, wait: b
         )
         if not dry_run:
             revive(failed)
-    if mode == "batch":
-        summary = retry_batch(dry_run, wait, extra=revived if dry_run else 0,
-                              extra_campaigns=revived_campaigns if dry_run else [])
-        return {**summary, "revived": revived} if include_failed else summary
-    for campaign in [] if dry_run else revived_campaigns:
-        retry_campaign(campaign, wait=wait)
-    if mode == "rq":
-        from .rq_jobs import failed_campaign_jobs, requeue_failed
-
-        job_ids = failed_campaign_jobs()
-        summary = {"jobs": len(job_ids), "retried": 0 if dry_run else requeue_failed(job_ids)}
-    else:
-        from .tasks import retry_failed_tasks
-
-        summary = retry_failed_tasks(dry_run)
-    if not include_failed:
-        return summary
-    return {**summary, "revived": revived, "campaigns_revived": len(revived_campaigns)}
-
-
-def retry_batch(dry_run: bool, wait: bool, *, extra: int = 0, extra_campaigns: list[Campaign] | None = None) -> dict:
-    """batch: dispatch every batch campaign with pending deliveries (``extra``: what a dry run
-    of include_failed would add). A run that stops early (quota, outage) ends the retry."""
-    campaigns = pending_batch_campaigns()
-    known = {campaign.pk for campaign in campaigns}
-    campaigns += [campaign for campaign in extra_campaigns or [] if campaign.pk not in known]
-    deliveries = sum(campaign.counts()["pending"] for campaign in campaigns) + extra
-    summary: dict = {"campaigns": len(campaigns), "deliveries": deliveries, "retried": 0}
-    if dry_run:
-        return summary
-    for campaign in campaigns:
-        run = dispatch(campaign, wait=wait)
-        summary["retried"] += 1
-        if run.stopped:
-            summary["stopped"] = f"campaign {campaign.id} stopped: {run.stopped}"
-            break
-    return summary
+    return modes.get(mode).retry_failed(RetryRun(
+        dry_run=dry_run, wait=wait, include_failed=include_failed, revived=revived,
+        revived_campaigns=revived_campaigns,
+        dispatch=lambda campaign: dispatch(campaign, wait=wait),
+        retry_campaign=lambda campaign: retry_campaign(campaign, wait=wait),
+    ))

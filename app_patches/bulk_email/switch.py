@@ -24,15 +24,15 @@ rows that are already claimed, sent or failed. The one exception is
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 from django.db.models import QuerySet
 
+from .dispatch import dispatch
+from .hold import held_mode
 from .models import Campaign, Delivery
-from .settings import QUEUE_MODES
+from .modes import NAMES
 
 logger = logging.getLogger("bulk_email")
 
@@ -41,36 +41,10 @@ class HoldActive(Exception):
     """dispatch_held was asked to run while the hold file still says a switch is in progress."""
 
 
-def held_mode() -> str | None:
-    """The mode a switch in progress goes to (the hold file's content), or None.
-
-    None when BULK_EMAIL_HOLD_FILE is unset or the file does not exist. Any
-    other content than a known mode is an error rather than "no switch":
-    sending while a switch half-happened is exactly what the file prevents.
-    """
-    path = settings.BULK_EMAIL_HOLD_FILE
-    if not path:
-        return None
-    try:
-        content = Path(path).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise ImproperlyConfigured(
-            f"cannot read the queue switch hold file {path} (BULK_EMAIL_HOLD_FILE): {exc.strerror}"
-        ) from None
-    if content not in QUEUE_MODES:
-        raise ImproperlyConfigured(
-            f"the queue switch hold file {path} (BULK_EMAIL_HOLD_FILE) must contain one of "
-            f"{', '.join(QUEUE_MODES)}, got {content!r}"
-        )
-    return content
-
-
 def check_mode(mode: str) -> str:
     """Return ``mode`` if it is a known queue mode; ValueError naming the known ones otherwise."""
-    if mode not in QUEUE_MODES:
-        raise ValueError(f"unknown queue mode {mode!r} (known: {', '.join(QUEUE_MODES)})")
+    if mode not in NAMES:
+        raise ValueError(f"unknown queue mode {mode!r} (known: {', '.join(NAMES)})")
     return mode
 
 
@@ -147,8 +121,6 @@ def dispatch_held() -> dict:
     done). Refused while the hold file is active: dispatching would only
     hold them again.
     """
-    from .dispatch import dispatch  # dispatch imports held_mode from this module
-
     held = held_mode()
     if held is not None:
         raise HoldActive(

@@ -21,6 +21,7 @@ from django.utils import timezone
 from polling import wait_for
 
 from bulk_email import dispatch as dispatching
+from bulk_email import modes
 from bulk_email import switch
 from bulk_email.campaigns import create_campaign
 from bulk_email.models import Campaign, Delivery
@@ -174,7 +175,7 @@ def test_a_batch_send_is_dispatched_before_it_starts_so_an_interrupted_one_is_no
     def interrupted(campaign: Campaign, sleep: Callable) -> None:
         raise KeyboardInterrupt  # the operator's Ctrl-C, or a kill, in the middle of the send
 
-    monkeypatch.setitem(dispatching.DISPATCHERS, "batch", interrupted)
+    monkeypatch.setattr(modes.get("batch"), "send_now", interrupted)
     campaign = create_campaign("Hi", "Body", addresses(3))
 
     with pytest.raises(KeyboardInterrupt):

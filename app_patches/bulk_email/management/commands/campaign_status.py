@@ -20,6 +20,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from bulk_email import modes
 from bulk_email.models import Campaign
 
 TEXT_KEYS = (
@@ -43,15 +44,7 @@ def campaign_status(campaign: Campaign) -> dict:
         # A campaign of a mode this deployment no longer runs (a queue mode switch): its queue
         # is gone, and its client library may be too; the ledger still has the whole answer.
         return status
-    if campaign.mode == "rq":
-        from bulk_email.rq_jobs import campaign_jobs
-
-        jobs = campaign_jobs(campaign.id)
-        status.update(queued=jobs.queued, started=jobs.started, failed_jobs=jobs.failed)
-    elif campaign.mode == "celery":
-        from bulk_email.tasks import campaign_tasks
-
-        status.update(campaign_tasks(campaign.id))
+    status.update(modes.get(campaign.mode).campaign_extras(campaign))
     return status
 
 

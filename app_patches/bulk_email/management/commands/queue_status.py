@@ -33,6 +33,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db.models import Count, Max, Min
 
+from bulk_email import modes
 from bulk_email.models import Campaign, Delivery
 from bulk_email.quota import sent_in_last_day
 from bulk_email.switch import held_campaigns
@@ -69,14 +70,9 @@ def queue_status(timeout: float = 1.0) -> dict[str, Any]:
     mode = settings.BULK_EMAIL_QUEUE_MODE
     report: dict[str, Any] = {"mode": mode, "ledger": ledger_overview(), "errors": []}
     try:
-        if mode == "rq":
-            from bulk_email.rq_jobs import queue_overview
-
-            report["rq"] = queue_overview()
-        elif mode == "celery":
-            from bulk_email.tasks import queue_overview
-
-            report["celery"] = queue_overview(timeout)
+        part = modes.get(mode).queue_report(timeout)
+        if part is not None:
+            report[mode] = part
     except Exception as exc:  # noqa: BLE001 - any broker failure is part of the answer
         # redis-py, kombu and py-amqp each raise their own error types; the report names it.
         report["errors"].append({"part": mode, "error": f"{type(exc).__name__}: {exc}"})
@@ -93,20 +89,9 @@ def text_lines(report: dict[str, Any]) -> list[str]:
             for key, value in ledger.items()
         ),
     ]
-    if "rq" in report:
-        for name, counts in report["rq"]["queues"].items():
-            lines.append(f"rq queue={name} " + " ".join(f"{key}={value}" for key, value in counts.items()))
-        workers = report["rq"]["workers"]
-        busy = sum(1 for worker in workers if worker["state"] == "busy")
-        lines.append(f"rq workers={len(workers)} busy={busy} idle={len(workers) - busy}")
-    if "celery" in report:
-        celery = report["celery"]
-        for name, messages in celery["queues"].items():
-            lines.append(f"celery queue={name} messages={messages}")
-        held = {key: sum(worker[key] for worker in celery["workers"].values())
-                for key in ("active", "reserved", "scheduled")}
-        lines.append(f"celery workers={len(celery['workers'])} " + " ".join(f"{k}={v}" for k, v in held.items()))
-        lines.append("celery results " + " ".join(f"{k}={v}" for k, v in celery["results"].items()))
+    for name in modes.NAMES:
+        if name in report:
+            lines.extend(modes.get(name).report_lines(report[name]))
     for error in report["errors"]:
         lines.append(f"error {error['part']}: {error['error']}")
     return lines

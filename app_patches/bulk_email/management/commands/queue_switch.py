@@ -27,7 +27,7 @@ from argparse import ArgumentParser
 from django.core.management.base import BaseCommand, CommandError
 
 from bulk_email import switch
-from bulk_email.settings import QUEUE_MODES
+from bulk_email.modes import NAMES as QUEUE_MODES
 
 
 class Command(BaseCommand):

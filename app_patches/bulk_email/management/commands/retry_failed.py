@@ -22,6 +22,7 @@ from argparse import ArgumentParser
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from bulk_email import modes
 from bulk_email.retry import retry_failed
 
 
@@ -40,16 +41,10 @@ class Command(BaseCommand):
         mode = settings.BULK_EMAIL_QUEUE_MODE
         dry_run = options["dry_run"]
         summary = retry_failed(include_failed=options["include_failed"], dry_run=dry_run, wait=True)
-        if mode == "rq":
-            what = "failed jobs"
-        elif mode == "celery":
-            what = f"failed tasks ({summary['deliveries']} pending deliveries)"
-        else:
-            what = f"campaigns ({summary['deliveries']} pending deliveries)"
+        count, what = modes.get(mode).retry_outcome(summary)
         if options["include_failed"]:
             verb = "would make" if dry_run else "made"
             self.stdout.write(f"{summary['revived']} failed deliveries {verb} pending again")
-        count = summary["campaigns"] if mode == "batch" else summary["jobs"]
         if not count and not summary.get("campaigns_revived"):
             self.stdout.write("nothing to retry")
         elif count:
