@@ -1,7 +1,8 @@
 """Render the role's templates exactly as Ansible renders them on a server, on the controller.
 
 One `ansible-playbook` run on localhost (connection local) loads the role's defaults and
-internal variables (`import_role: tasks_from=variables.yml`, as playbooks/app.yml does) and
+internal variables (`import_role: tasks_from=runtime.yml`, the task that publishes the app's
+layout, with roles/edupulse's defaults; generated credentials go to the output directory) and
 renders the requested templates with the given variables into a directory. Going through
 Ansible, not bare Jinja2, keeps its filters (`urlsplit`, `comment`, `bool`) and its variable
 precedence, so the tests see the file a server gets.
@@ -23,7 +24,7 @@ REPO = ROLE.parents[1]
 def render(out_dir: Path, jobs: list[dict]) -> dict[str, str]:
     """Render each job {"name", "template", "vars"} into out_dir; return {name: text}."""
     # One template task per job, each with its own variables (task vars override the role's).
-    tasks: list[dict] = [{"ansible.builtin.import_role": {"name": "edupulse_app", "tasks_from": "variables.yml"}}]
+    tasks: list[dict] = [{"ansible.builtin.import_role": {"name": "edupulse_app", "tasks_from": "runtime.yml"}}]
     for job in jobs:
         tasks.append({
             "name": f"Render {job['name']}",
@@ -35,7 +36,8 @@ def render(out_dir: Path, jobs: list[dict]) -> dict[str, str]:
             "vars": job["vars"],
         })
     playbook = [{"name": "Render edupulse_app templates", "hosts": "localhost", "connection": "local",
-                 "gather_facts": False, "tasks": tasks}]
+                 "gather_facts": False, "vars": {"edupulse_credentials_dir": str(out_dir / ".credentials")},
+                 "tasks": tasks}]
     path = out_dir / "render.yml"
     path.write_text(json.dumps(playbook))
     env = {
