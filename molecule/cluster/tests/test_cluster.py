@@ -25,6 +25,8 @@ from e2e_helpers import (
     MANAGE,
     assert_delivered_exactly_once,
     campaign_status,
+    lines_showing,
+    process_table_sampled,
     smtp_stalled,
     start_campaign,
     wait_for,
@@ -253,9 +255,15 @@ def test_rabbitmq_on_its_own_host_takes_only_the_app_hosts(hosts, address, tmp_p
     """
     extra = tmp_path / "rabbitmq.yml"
     extra.write_text(f"all:\n  children:\n    rabbitmq:\n      hosts:\n        {NAMES['data']}:\n")
-    run = run_playbook("playbooks/rabbitmq.yml", "celery_broker=rabbitmq", inventory=str(extra))
-    assert run.returncode == 0, run.stdout[-6000:]
     data = hosts["data"]
+    # The broker's users are created here: no password on a command line meanwhile.
+    with process_table_sampled(data) as seen:
+        run = run_playbook("playbooks/rabbitmq.yml", "celery_broker=rabbitmq", inventory=str(extra))
+    assert run.returncode == 0, run.stdout[-6000:]
+    assert any("add_user" in line for line in seen), f"{len(seen)} command lines sampled, no add_user"
+    secrets = {name: demo_secret(name) for name in ("rabbitmq-edupulse-app", "rabbitmq-celery-worker")}
+    leaked = lines_showing(seen, secrets)
+    assert not leaked, leaked
     listening = data.check_output("ss -Hltn")
     assert f"{address['data']}:5672" in listening and "127.0.0.1:5672" in listening
     assert f"{address['data']}:25672" not in listening  # Erlang distribution stays on loopback
