@@ -25,6 +25,7 @@ from e2e_helpers import (
     MANAGE,
     assert_delivered_exactly_once,
     campaign_status,
+    env_value,
     lines_showing,
     process_table_sampled,
     smtp_stalled,
@@ -152,6 +153,25 @@ def test_migrations_ran_once_from_the_first_web_host(hosts, address):
     assert clients == {address["web"]}, clients
     for role in WORKERS:
         hosts[role].run_expect([0], "/usr/local/bin/edupulse-manage migrate --check")
+
+
+def test_the_database_password_reaches_no_command_line_and_not_the_server_log(hosts):
+    """roles/postgresql sets the app's password as a SCRAM verifier, with statement logging off.
+
+    log_statement=ddl here logs every ALTER ROLE: the log of the whole run (the first converge
+    created the user) holds neither the password nor its verifier. A re-run of the play checks
+    the password by logging in with it; meanwhile no process on the database host shows it.
+    """
+    password = env_value(hosts["web"], "DJANGO_DB_PASSWORD")
+    with process_table_sampled(hosts["data"]) as seen:
+        run = run_playbook("playbooks/postgresql.yml")
+    assert run.returncode == 0, run.stdout[-6000:]
+    assert any(re.search(r"\bpsql\b", line) for line in seen), f"{len(seen)} command lines sampled, no psql"
+    leaked = lines_showing(seen, {"the database password": password})
+    assert not leaked, leaked
+    log = hosts["data"].check_output("cat /var/log/postgresql/postgresql-*-main.log")
+    assert password not in log
+    assert "SCRAM-SHA-256$" not in log
 
 
 def worker_sent(host, campaign_id: str) -> int:
