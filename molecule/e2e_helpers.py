@@ -196,6 +196,65 @@ def acl_log_entries(host) -> list[dict[str, str]]:
     return entries
 
 
+# Runs inside a host: appends each new command line (what `ps -o args` shows, /proc/<pid>/cmdline)
+# to a file, every interval seconds, until killed. Python, not ps: a bare server may lack procps.
+PROCESS_SAMPLER = r"""
+import glob, os, sys, time
+path, interval, seen = sys.argv[1], float(sys.argv[2]), set()
+os.umask(0o077)
+with open(path, "a") as out:
+    while True:
+        for name in glob.glob("/proc/[0-9]*/cmdline"):
+            try:
+                with open(name, "rb") as cmdline:
+                    line = cmdline.read().replace(b"\0", b" ").strip()
+            except OSError:
+                continue
+            if line and line not in seen:
+                seen.add(line)
+                out.write(line.decode(errors="replace") + "\n")
+        out.flush()
+        time.sleep(interval)
+"""
+
+
+@contextmanager
+def process_table_sampled(host, interval: float = 0.05) -> Iterator[list[str]]:
+    """While inside, every process's command line on `host` is sampled every `interval` s.
+
+    A background loop in the host (PROCESS_SAMPLER) appends each new command line to a
+    root-only file; on leaving, the loop is stopped and the list yielded gets every line seen.
+    A process living longer than the interval is seen: rabbitmqctl or psql live far longer.
+    """
+    path = f"/root/ps-samples-{uuid.uuid4().hex[:8]}"
+    start = f"python3 -c {shlex.quote(PROCESS_SAMPLER)} {path} {interval}"
+    pid = host.check_output(f"setsid nohup {start} > /dev/null 2>&1 < /dev/null & echo $!").strip()
+    seen: list[str] = []
+    try:
+        yield seen
+    finally:
+        host.run(f"kill {pid}")
+        samples = host.run(f"cat {path}; rm -f {path}").stdout
+        seen.extend(samples.splitlines())
+
+
+def lines_showing(lines: list[str], secrets: dict[str, str]) -> dict[str, list[str]]:
+    """For each secret's name, the lines that contain its value (masked): {} when none does."""
+    found: dict[str, list[str]] = {}
+    for name, value in secrets.items():
+        hits = [line.replace(value, "<" + name + ">") for line in lines if value and value in line]
+        if hits:
+            found[name] = hits[:5]
+    return found
+
+
+def stdin_exec(host, argv: list[str], text: str) -> subprocess.CompletedProcess:
+    """Run argv in the host's container with `text` on standard input: a secret on no command line."""
+    name = host.backend.host if host.backend.NAME == "ansible" else host.backend.name
+    return subprocess.run(["docker", "exec", "-i", name, *argv], input=text, capture_output=True, text=True,
+                          check=False, timeout=120)
+
+
 def start_campaign(host, count: int, subject: str = "Exam timetable") -> str:
     """Submit a campaign (queued modes return at once) and return its id."""
     return send_campaign(host, count, subject)["id"]

@@ -25,6 +25,9 @@ from e2e_helpers import (
     MANAGE,
     assert_delivered_exactly_once,
     campaign_status,
+    env_value,
+    lines_showing,
+    process_table_sampled,
     smtp_stalled,
     start_campaign,
     wait_for,
@@ -152,6 +155,25 @@ def test_migrations_ran_once_from_the_first_web_host(hosts, address):
         hosts[role].run_expect([0], "/usr/local/bin/edupulse-manage migrate --check")
 
 
+def test_the_database_password_reaches_no_command_line_and_not_the_server_log(hosts):
+    """roles/postgresql sets the app's password as a SCRAM verifier, with statement logging off.
+
+    log_statement=ddl here logs every ALTER ROLE: the log of the whole run (the first converge
+    created the user) holds neither the password nor its verifier. A re-run of the play checks
+    the password by logging in with it; meanwhile no process on the database host shows it.
+    """
+    password = env_value(hosts["web"], "DJANGO_DB_PASSWORD")
+    with process_table_sampled(hosts["data"]) as seen:
+        run = run_playbook("playbooks/postgresql.yml")
+    assert run.returncode == 0, run.stdout[-6000:]
+    assert any(re.search(r"\bpsql\b", line) for line in seen), f"{len(seen)} command lines sampled, no psql"
+    leaked = lines_showing(seen, {"the database password": password})
+    assert not leaked, leaked
+    log = hosts["data"].check_output("cat /var/log/postgresql/postgresql-*-main.log")
+    assert password not in log
+    assert "SCRAM-SHA-256$" not in log
+
+
 def worker_sent(host, campaign_id: str) -> int:
     """Messages this worker host reports sent for a campaign (the "batch email" journal lines)."""
     out = host.run(f"journalctl -u {WORKER_UNIT} --no-pager -o cat | grep 'batch email campaign={campaign_id} batch='")
@@ -253,9 +275,15 @@ def test_rabbitmq_on_its_own_host_takes_only_the_app_hosts(hosts, address, tmp_p
     """
     extra = tmp_path / "rabbitmq.yml"
     extra.write_text(f"all:\n  children:\n    rabbitmq:\n      hosts:\n        {NAMES['data']}:\n")
-    run = run_playbook("playbooks/rabbitmq.yml", "celery_broker=rabbitmq", inventory=str(extra))
-    assert run.returncode == 0, run.stdout[-6000:]
     data = hosts["data"]
+    # The broker's users are created here: no password on a command line meanwhile.
+    with process_table_sampled(data) as seen:
+        run = run_playbook("playbooks/rabbitmq.yml", "celery_broker=rabbitmq", inventory=str(extra))
+    assert run.returncode == 0, run.stdout[-6000:]
+    assert any("add_user" in line for line in seen), f"{len(seen)} command lines sampled, no add_user"
+    secrets = {name: demo_secret(name) for name in ("rabbitmq-edupulse-app", "rabbitmq-celery-worker")}
+    leaked = lines_showing(seen, secrets)
+    assert not leaked, leaked
     listening = data.check_output("ss -Hltn")
     assert f"{address['data']}:5672" in listening and "127.0.0.1:5672" in listening
     assert f"{address['data']}:25672" not in listening  # Erlang distribution stays on loopback
