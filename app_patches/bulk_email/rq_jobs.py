@@ -131,22 +131,36 @@ class JobCounts:
     """Jobs of one campaign in the email queue's list and registries."""
 
     queued: int = 0  # waiting in the queue or scheduled (spaced batches, retries)
-    started: int = 0
+    started: int = 0  # taken by a worker (its intermediate list) or running
     failed: int = 0
 
 
+def taken_job_ids(queue: Queue) -> list[str]:
+    """Ids of the jobs a worker has moved out of the queue but not yet into StartedJobRegistry."""
+    ids = queue.connection.lrange(queue.intermediate_queue_key, 0, -1)
+    return [job.decode() if isinstance(job, bytes) else job for job in ids]
+
+
 def campaign_jobs(campaign_id: object) -> JobCounts:
-    """Count the campaign's jobs by id prefix (ids only: no job is fetched)."""
+    """Count the campaign's jobs by id prefix (ids only: no job is fetched).
+
+    A worker takes a job in two steps: BLMOVE from the queue into the queue's
+    intermediate list, then (prepare_job_execution) into StartedJobRegistry. A job
+    between the two is in neither; counting the intermediate list as started keeps
+    it from vanishing from the status for that moment. A job may be in both (a
+    worker of several queues leaves it in the list), hence the set of ids.
+    """
     queue = email_queue()
     prefix = campaign_prefix(campaign_id)
 
     def count(ids: list[str]) -> int:
         return sum(1 for job in ids if job.startswith(prefix))
 
+    running = [job.split(":", 1)[0] for job in StartedJobRegistry(queue=queue).get_job_ids()]
     scheduled = ScheduledJobRegistry(queue=queue)
     return JobCounts(
         queued=count(queue.get_job_ids()) + count(scheduled.get_job_ids()),
-        started=count(StartedJobRegistry(queue=queue).get_job_ids()),
+        started=count(sorted(set(taken_job_ids(queue)) | set(running))),
         failed=count(FailedJobRegistry(queue=queue).get_job_ids()),
     )
 
@@ -213,7 +227,7 @@ def live_job_ids() -> list[str]:
     retry_failed (see recover_lost_batches).
     """
     queue = email_queue()
-    ids = list(queue.get_job_ids())
+    ids = list(queue.get_job_ids()) + taken_job_ids(queue)
     for registry in (StartedJobRegistry, ScheduledJobRegistry, DeferredJobRegistry):
         ids += registry(queue=queue).get_job_ids(cleanup=False)
     return [job.split(":", 1)[0] for job in ids]  # started entries are "<job id>:<execution>"

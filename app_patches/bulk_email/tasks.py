@@ -71,8 +71,17 @@ def retry_countdown(retries: int) -> int:
 
 
 @shared_task(bind=True, name=SEND_BATCH)
-def send_batch_task(self, campaign_id: str, delivery_ids: list[int], number: int, total: int) -> dict:
-    """Send one batch; retry it later (only) while deliveries of it are left pending."""
+def send_batch_task(
+    self, campaign_id: str, delivery_ids: list[int], number: int, total: int, waits: int = 0
+) -> dict:
+    """Send one batch; retry it later (only) while deliveries of it are left pending.
+
+    ``waits`` counts the retries that only waited for another runner's claim to end: a live
+    runner finishing the recipient, or a crashed host's claim expiring after
+    BULK_EMAIL_CLAIM_TIMEOUT (far longer than the backoff of BULK_EMAIL_CELERY_MAX_RETRIES
+    retries). Those are no failed attempts, so they do not use the retry budget up; a batch
+    left in FAILURE would keep its recipients pending until someone runs retry_failed.
+    """
     campaign = Campaign.objects.get(pk=campaign_id)
     if campaign.mode != "celery":
         # Left in the broker when a queue mode switch handed the campaign to another mode
@@ -90,13 +99,17 @@ def send_batch_task(self, campaign_id: str, delivery_ids: list[int], number: int
                        campaign_id, number, total)
         raise self.retry(
             exc=exc, countdown=retry_countdown(self.request.retries),
-            max_retries=settings.BULK_EMAIL_CELERY_MAX_RETRIES,
+            max_retries=settings.BULK_EMAIL_CELERY_MAX_RETRIES + waits, kwargs={"waits": waits},
         ) from exc
     except DeliveriesPending as exc:
+        waited = result.busy > 0 and result.deferred == 0 and result.stopped is None
+        waits += int(waited)
         raise self.retry(
             exc=exc,
-            countdown=retry_countdown(self.request.retries),
-            max_retries=settings.BULK_EMAIL_CELERY_MAX_RETRIES,
+            # A wait backs off over every retry (towards the cap: claims last long); a failed
+            # attempt over the failed attempts only.
+            countdown=retry_countdown(self.request.retries if waited else max(0, self.request.retries - waits)),
+            max_retries=settings.BULK_EMAIL_CELERY_MAX_RETRIES + waits, kwargs={"waits": waits},
         ) from exc
     return {"sent": result.sent, "failed": result.failed}
 

@@ -155,6 +155,31 @@ def test_exhausted_task_keeps_its_deliveries_pending_and_retry_failed_delivers_t
     assert run("retry_failed") == ["nothing to retry"]
 
 
+def test_a_recipient_held_by_a_crashed_hosts_claim_is_sent_once_it_expires_whatever_the_retry_budget(
+    celery_worker, smtp, settings
+):
+    """A worker host died mid-batch: its claim blocks the recipient until the claim timeout, which
+    is far longer than the retries (the scenarios: 240 s against about 100 s of backoff). Waiting
+    for another runner's claim must not use the retry budget up, or the batch ends in FAILURE
+    with the recipient pending and nothing sends it (the cluster scenario saw 297 of 300)."""
+    settings.BULK_EMAIL_CELERY_MAX_RETRIES = 1
+    settings.BULK_EMAIL_CELERY_RETRY_BACKOFF = 1
+    settings.BULK_EMAIL_CELERY_RETRY_BACKOFF_MAX = 1
+    settings.BULK_EMAIL_CLAIM_TIMEOUT = 4
+    recipients = addresses(3)
+    campaign = create_campaign("Timetable", "Body", recipients)
+    held = campaign.deliveries.order_by("pk").first()
+    # Another host's sender (another machine identity: never taken over before it expires).
+    campaign.deliveries.filter(pk=held.pk).update(claimed_by="celery:crashed-host#0:1:x", claimed_at=timezone.now())
+    dispatch(campaign)
+
+    wait_for(done(campaign), timeout=30)
+
+    assert campaign.counts() == {"pending": 0, "sent": 3, "failed": 0}
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert not TaskResult.objects.filter(task_name=SEND_BATCH, status="FAILURE").exists()
+
+
 def test_send_campaign_returns_at_once_and_status_shows_the_tasks(celery_worker, smtp):
     to = [arg for address in addresses(45) for arg in ("--to", address)]
 

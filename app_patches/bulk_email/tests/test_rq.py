@@ -213,6 +213,19 @@ def test_send_campaign_returns_at_once_and_status_counts_jobs(
     ]
 
 
+def test_status_counts_a_job_a_worker_is_taking_as_started(rq_mode, smtp, django_capture_on_commit_callbacks):
+    """A worker moves a job from the queue to the queue's intermediate list (BLMOVE), and only then
+    into StartedJobRegistry: in between the job is in neither, and the status must not lose it."""
+    campaign = submit(addresses(45), django_capture_on_commit_callbacks)
+    connection = rq_mode.connection
+    # What rq's Queue.dequeue_any does first, before prepare_job_execution.
+    connection.lmove(rq_mode.key, rq_mode.intermediate_queue_key, "LEFT", "RIGHT")
+
+    status = json.loads(run("campaign_status", str(campaign.id), "--json")[-1])
+
+    assert (status["queued"], status["started"], status["failed_jobs"]) == (2, 1, 0)
+
+
 def test_batch_delay_spaces_the_jobs(rq_mode, settings, django_capture_on_commit_callbacks):
     settings.BULK_EMAIL_BATCH_SIZE = 2
     settings.BULK_EMAIL_BATCH_DELAY = 30
