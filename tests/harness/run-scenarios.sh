@@ -85,6 +85,24 @@ done | sort -k1,1nr | awk '{ printf "  %-16s %6d s  %s\n", $2, $1, $3 }'
 } >"$durations.new"
 mv "$durations.new" "$durations"
 
+# What failed, last of all: CI keeps only the tail of its output, which would otherwise end with
+# the recap of a scenario and not say which test or task it was. The lines of pytest's short
+# summary (FAILED/ERROR with the assertion) and Ansible's failed tasks, colours removed.
+failure_summary() {
+  sed 's/\x1b\[[0-9;]*m//g; s/^[[:space:]]*[│|][[:space:]]*//' "$1" | awk '
+    /^TASK \[/ { task = $0; more = 0; next }
+    /^FAILED - RETRYING/ { more = 0; next }
+    /^fatal: |FAILED! =>/ { if (task != "") print task; task = ""; print; more = 0; next }
+    /^(FAILED|ERROR) |Executed: Failed/ { print; more = 3; next }
+    more > 0 && !/^(=|_|PASSED|SKIPPED)/ { print "  " $0; more--; next }
+    { more = 0 }
+  ' | cut -c1-400 | tail -n 40
+}
+for scenario in "${failed[@]}"; do
+  echo "[molecule] $scenario: what failed"
+  failure_summary "$logs/$scenario.log" | sed 's/^/  /'
+done
+
 if ((${#failed[@]})); then
   echo "[molecule] failed: ${failed[*]}"
   exit 1

@@ -1,0 +1,63 @@
+"""tests/harness/run-scenarios.sh: a failed scenario's failing test is named in the last lines.
+
+CI keeps only the tail of its output. The script runs here with a stand-in `molecule` on PATH
+that writes a log shaped like Molecule's (coloured, boxed, pytest's summary wrapped at 80
+columns), so the test needs no Docker.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+SCRIPT = Path(__file__).with_name("run-scenarios.sh")
+
+FAKE_MOLECULE = r"""#!/usr/bin/env bash
+# molecule test -s SCENARIO: "bad" fails a test and a task, anything else passes.
+scenario=$3
+box=$'\e[2m\xe2\x94\x82\e[0m'
+if [[ $scenario == bad ]]; then
+  printf '  %s TASK [nginx : Validate the site]\n' "$box"
+  printf '  %s fatal: [bad-1]: FAILED! => {"msg": "nginx -t refused"}\n' "$box"
+  printf '  %s FAILED - RETRYING: [localhost]: Wait for instance(s) deletion\n' "$box"
+  printf '  %s ======== short test summary info ========\n' "$box"
+  printf '  %s FAILED bad/tests/test_outage.py::test_an_smtp_outage_leaves_pe\n' "$box"
+  printf '  %s   nding[ansible://bad-1] - AssertionError: 11 != 12\n' "$box"
+  printf '  %s ======== 1 failed, 100 passed in 600.00s ========\n' "$box"
+  for i in $(seq 1 250); do printf '  %s filler line %s\n' "$box" "$i"; done
+  printf '\e[32mbad\e[0m -> \e[33mverify\e[0m: \e[31mExecuted: Failed\e[0m\n'
+  exit 1
+fi
+printf '  %s FAILED - RETRYING: [localhost]: Wait for instance(s) deletion\n' "$box"
+"""
+
+
+def run(tmp_path: Path, *scenarios: str) -> subprocess.CompletedProcess:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "molecule").write_text(FAKE_MOLECULE)
+    (bin_dir / "molecule").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    return subprocess.run(["bash", str(SCRIPT), "2", *scenarios], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_last_lines_name_the_failed_test_and_task(tmp_path):
+    done = run(tmp_path, "good", "bad")
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "[molecule] failed: bad", lines[-1]
+    # The summary comes after the log's last 200 lines and the durations, just before the end.
+    assert "[molecule] bad: what failed" in lines[-10:], lines[-10:]
+    text = "\n".join(lines[lines.index("[molecule] bad: what failed"):])
+    assert "FAILED bad/tests/test_outage.py::test_an_smtp_outage_leaves_pe" in text, text
+    assert "nding[ansible://bad-1] - AssertionError: 11 != 12" in text, text
+    assert "TASK [nginx : Validate the site]" in text and 'FAILED! => {"msg"' in text, text
+    assert "RETRYING" not in text and "\x1b[" not in text, text
+
+
+def test_a_passing_run_prints_no_failure_summary(tmp_path):
+    done = run(tmp_path, "good")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "what failed" not in done.stdout and "RETRYING" not in done.stdout, done.stdout
