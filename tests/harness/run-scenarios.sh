@@ -88,12 +88,14 @@ mv "$durations.new" "$durations"
 # What failed, last of all: CI keeps only the tail of its output, which would otherwise end with
 # the recap of a scenario and not say which test or task it was. The lines of pytest's short
 # summary (FAILED/ERROR with the assertion) and Ansible's failed tasks, colours removed.
+# Bytes, whatever the locale: Molecule's box character is three of them.
 failure_summary() {
-  sed 's/\x1b\[[0-9;]*m//g; s/^[[:space:]]*[│|][[:space:]]*//' "$1" | awk '
+  LC_ALL=C sed 's/\x1b\[[0-9;]*m//g; s/^[[:space:]]*\(│\|[|]\)[[:space:]]*//' "$1" | LC_ALL=C awk '
     /^TASK \[/ { task = $0; more = 0; next }
     /^FAILED - RETRYING/ { more = 0; next }
     /^fatal: |FAILED! =>/ { if (task != "") print task; task = ""; print; more = 0; next }
-    /^(FAILED|ERROR) |Executed: Failed/ { print; more = 3; next }
+    /Executed: Failed/ { print; more = 0; next }
+    /^(FAILED|ERROR) / { print; more = 3; next }
     more > 0 && !/^(=|_|PASSED|SKIPPED)/ { print "  " $0; more--; next }
     { more = 0 }
   ' | cut -c1-400 | tail -n 40

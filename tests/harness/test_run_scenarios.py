@@ -11,6 +11,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).with_name("run-scenarios.sh")
 
 FAKE_MOLECULE = r"""#!/usr/bin/env bash
@@ -33,18 +35,20 @@ printf '  %s FAILED - RETRYING: [localhost]: Wait for instance(s) deletion\n' "$
 """
 
 
-def run(tmp_path: Path, *scenarios: str) -> subprocess.CompletedProcess:
+def run(tmp_path: Path, *scenarios: str, locale: str = "C.UTF-8") -> subprocess.CompletedProcess:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "molecule").write_text(FAKE_MOLECULE)
     (bin_dir / "molecule").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LC_ALL": locale}
     return subprocess.run(["bash", str(SCRIPT), "2", *scenarios], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
 
 
-def test_the_last_lines_name_the_failed_test_and_task(tmp_path):
-    done = run(tmp_path, "good", "bad")
+# CI may run with no locale set (C): the box character is then three bytes, not one character.
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_the_last_lines_name_the_failed_test_and_task(tmp_path, locale):
+    done = run(tmp_path, "good", "bad", locale=locale)
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     assert lines[-1] == "[molecule] failed: bad", lines[-1]
