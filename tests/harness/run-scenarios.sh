@@ -87,15 +87,30 @@ mv "$durations.new" "$durations"
 
 # What failed, last of all: CI keeps only the tail of its output, which would otherwise end with
 # the recap of a scenario and not say which test or task it was. The lines of pytest's short
-# summary (FAILED/ERROR with the assertion) and Ansible's failed tasks, colours removed.
+# summary (FAILED/ERROR with the assertion), Ansible's failed tasks and Molecule's errors, colours
+# removed. A verify step whose pytest never printed its closing tally (killed, or crashed) gets
+# the last test pytest named (-v names each as it starts) and its last lines instead.
 # Bytes, whatever the locale: Molecule's box character is three of them.
 failure_summary() {
   LC_ALL=C sed 's/\x1b\[[0-9;]*m//g; s/^[[:space:]]*\(│\|[|]\)[[:space:]]*//' "$1" | LC_ALL=C awk '
+    /Executing Testinfra tests/ { pytest = 1; tally = 0; kept = 0; test = ""; next }
+    pytest && /^=+ .*[0-9]+ (passed|failed|errors?|skipped|deselected).* in [0-9.]+s/ { tally = 1 }
+    pytest && /::test/ { test = $0 }
+    pytest && /Verifier tests failed/ && !tally {
+      print "pytest ended without its summary (killed, or it crashed); the last test it named:"
+      print "  " test
+      print "and its last lines:"
+      for (i = (kept > 15 ? kept - 15 : 0); i < kept; i++) print "  " last[i % 15]
+      pytest = 0
+    }
+    pytest && !/Verifier tests failed/ && NF { last[kept % 15] = $0; kept++ }
     /^TASK \[/ { task = $0; more = 0; next }
     /^FAILED - RETRYING/ { more = 0; next }
     /^fatal: |FAILED! =>/ { if (task != "") print task; task = ""; print; more = 0; next }
     /Executed: Failed/ { print; more = 0; next }
-    /^(FAILED|ERROR) / { print; more = 3; next }
+    /^INTERNALERROR>/ { if (internal++ < 10) print; more = 0; next }
+    /^(FAILED|ERROR) [^ ]/ { print; more = 3; next }
+    /^ERROR  / { print; more = 0; next }
     more > 0 && !/^(=|_|PASSED|SKIPPED)/ { print "  " $0; more--; next }
     { more = 0 }
   ' | cut -c1-400 | tail -n 40

@@ -29,6 +29,18 @@ if [[ $scenario == bad ]]; then
   printf '  %s ======== 1 failed, 100 passed in 600.00s ========\n' "$box"
   for i in $(seq 1 250); do printf '  %s filler line %s\n' "$box" "$i"; done
   printf '\e[32mbad\e[0m -> \e[33mverify\e[0m: \e[31mExecuted: Failed\e[0m\n'
+  printf '\e[31mERROR   \e[0m Molecule executed 1 scenario (1 failed)\n'
+  printf '    \n  %s DETAILS\n' "$box"
+  exit 1
+fi
+if [[ $scenario == killed ]]; then
+  # pytest -v cut short: no short summary, no closing tally.
+  printf 'INFO     killed -> verify: Executing Testinfra tests found in killed/tests/...\n'
+  printf '  %s ============ test session starts ============\n' "$box"
+  printf '  %s tests/test_switch.py::test_switch_from_batch_to_rq[ansible://killed-1] PASSED [ 40%%]\n' "$box"
+  printf '  %s tests/test_switch.py::test_switch_from_rq_to_celery[ansible://killed-1] \n' "$box"
+  for i in $(seq 1 250); do printf '  %s filler line %s\n' "$box" "$i"; done
+  printf '\e[31mERROR   \e[0m Verifier tests failed\n'
   exit 1
 fi
 printf '  %s FAILED - RETRYING: [localhost]: Wait for instance(s) deletion\n' "$box"
@@ -59,6 +71,19 @@ def test_the_last_lines_name_the_failed_test_and_task(tmp_path, locale):
     assert "nding[ansible://bad-1] - AssertionError: 11 != 12" in text, text
     assert "TASK [nginx : Validate the site]" in text and 'FAILED! => {"msg"' in text, text
     assert "RETRYING" not in text and "\x1b[" not in text, text
+    # pytest closed with its tally; Molecule's own ERROR lines have no continuation.
+    assert "without its summary" not in text and "DETAILS" not in text, text
+
+
+def test_a_verify_cut_short_shows_how_far_pytest_got(tmp_path):
+    done = run(tmp_path, "killed")
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    text = "\n".join(lines[lines.index("[molecule] killed: what failed"):])
+    assert "pytest ended without its summary (killed, or it crashed); the last test it named:" in text, text
+    assert "test_switch_from_rq_to_celery[ansible://killed-1]" in text, text
+    assert "filler line 250" in text and "filler line 235" not in text, text
+    assert "Verifier tests failed" in text, text
 
 
 def test_a_passing_run_prints_no_failure_summary(tmp_path):

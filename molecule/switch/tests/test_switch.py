@@ -221,19 +221,23 @@ def test_converge_deployed_batch_mode(host):
     assert_runs_only(host, "batch")
 
 
-def drained_switch(host, old: str, new: str) -> None:
+def drained_switch(host, old: str, new: str, *, second_run: bool) -> None:
     """A switch that waits for the old mode: it drained emails that were really still pending,
-    then the host runs only the new mode, and a second run changes nothing."""
+    then the host runs only the new mode, and (second_run) a second run changes nothing."""
     output = switch(host, old, new)
     assert re.search(rf"Switching from {old}{BROKER} to {new}{BROKER} mode", output), output[-3000:]
     drained = re.search(rf"Draining {old} mode: (\d+) emails pending", output)
     assert drained and int(drained.group(1)) > 0, output[-3000:]
     assert_runs_only(host, new)
-    assert_second_run_changes_nothing(host, new)
+    if second_run:
+        assert_second_run_changes_nothing(host, new)
 
 
+# The second run after a switch (a whole site.yml, the walk's costliest part) follows the two
+# switches that leave the most of the old mode to remove: into celery from rq, and into rq from
+# celery. The mode scenarios' idempotence step covers a first deployment of each mode.
 def test_switch_from_batch_to_rq(host):
-    drained_switch(host, "batch", "rq")
+    drained_switch(host, "batch", "rq", second_run=False)
 
 
 def test_a_drain_that_times_out_fails_and_stops_nothing(host):
@@ -264,7 +268,7 @@ def test_a_drain_that_times_out_fails_and_stops_nothing(host):
 
 
 def test_switch_from_rq_to_celery(host):
-    drained_switch(host, "rq", "celery")
+    drained_switch(host, "rq", "celery", second_run=True)
 
 
 def test_switch_from_celery_to_rq_moving_the_pending_emails(host):
@@ -279,7 +283,7 @@ def test_switch_from_celery_to_rq_moving_the_pending_emails(host):
 
 
 def test_switch_from_rq_back_to_batch(host):
-    drained_switch(host, "rq", "batch")
+    drained_switch(host, "rq", "batch", second_run=False)
 
 
 def test_every_campaign_of_the_walk_was_delivered_exactly_once(host):
