@@ -35,6 +35,34 @@ def redis_cli(host, *args: str, user: str = "") -> str:
     return (cmd.stdout + cmd.stderr).strip()
 
 
+# Runs in the app's Django shell (the web app's env file, so its own Redis user): each command of
+# PROBES on a connection of its own, and whether Redis refused it. Connections of their own, since
+# a SUBSCRIBE that is allowed leaves its connection in pub/sub mode.
+WEB_USER_PROBE = """
+import json, redis
+from django.conf import settings
+url = {url}
+refused = {{}}
+for command in {commands!r}:
+    connection = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        connection.execute_command(*command)
+        refused[command[0]] = False
+    except redis.exceptions.NoPermissionError:
+        refused[command[0]] = True
+    finally:
+        connection.close()
+print(json.dumps(refused))
+"""
+
+
+def refused_to_the_web_app(host, url: str, *commands: tuple[str, ...]) -> dict[str, bool]:
+    """{command: refused?} for each command sent to Redis as the web app's user; `url` is the
+    Python expression of its URL in the app's settings (its env file's BULK_EMAIL_..._URL)."""
+    code = WEB_USER_PROBE.format(url=url, commands=list(commands))
+    return last_json_line(host.check_output(f"{MANAGE} shell --verbosity 0 -c {shlex.quote(code)}"))
+
+
 def last_json_line(text: str) -> dict[str, Any]:
     """The operator commands print human lines first and one JSON object last."""
     for line in reversed(text.strip().splitlines()):

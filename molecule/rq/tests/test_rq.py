@@ -17,6 +17,7 @@ from e2e_helpers import (
     fetch_as_staff,
     redis_cli,
     redis_run_id,
+    refused_to_the_web_app,
     send_campaign,
     set_sink_fault,
     sink_counts,
@@ -188,7 +189,7 @@ def test_redis_listens_on_loopback_only(host):
     assert addresses
 
 
-def test_app_and_worker_users_cannot_run_dangerous_commands(host):
+def test_app_and_worker_users_cannot_run_dangerous_commands_nor_the_app_a_workers(host):
     # The campaigns above (since the Redis restart, which clears the log; the test before it
     # checked the earlier ones) ran without a single denial. The probes below are denials on
     # purpose: the log must then hold exactly those, and the reset clears only them
@@ -198,10 +199,19 @@ def test_app_and_worker_users_cannot_run_dangerous_commands(host):
     for user in users:
         assert "NOPERM" in redis_cli(host, "CONFIG", "GET", "maxmemory", user=user), user
         assert "NOPERM" in redis_cli(host, "FLUSHALL", user=user), user
+    # What only a worker does (take a job off a queue, listen for commands) is refused to the web
+    # app's own connection (preset rq-web), and allowed to the worker's (rq).
+    worker_only = (("BLPOP", "rq:queue:probe", "0.01"),
+                   ("BLMOVE", "rq:queue:probe", "rq:queue:probe:intermediate", "LEFT", "RIGHT", "0.01"),
+                   ("SUBSCRIBE", "rq:pubsub:probe"))
+    refused = refused_to_the_web_app(host, "settings.RQ_QUEUES['email']['URL']", *worker_only)
+    assert refused == {"BLPOP": True, "BLMOVE": True, "SUBSCRIBE": True}, refused
+    assert "NOPERM" not in redis_cli(host, *worker_only[0], user="rq-worker")
     logged = acl_log_entries(host)
     probes = {(entry.get("username"), entry.get("object", "").split("|")[0]) for entry in logged}
-    assert probes == {(user, command) for user in users for command in ("config", "flushall")}, logged
-    assert len(logged) == 4 and all(entry.get("reason") == "command" for entry in logged), logged
+    assert probes == {(user, command) for user in users for command in ("config", "flushall")} | {
+        ("edupulse-app", "blpop"), ("edupulse-app", "blmove"), ("edupulse-app", "subscribe")}, logged
+    assert len(logged) == 7 and all(entry.get("reason") == "command" for entry in logged), logged
     host.run_expect([0], "redis-admin-cli ACL LOG RESET")
     assert acl_log_entries(host) == []
 

@@ -19,6 +19,7 @@ from e2e_helpers import (
     campaign_status,
     fetch,
     redis_cli,
+    refused_to_the_web_app,
     smtp_stalled,
     start_campaign,
     wait_for,
@@ -235,11 +236,17 @@ def test_broker_users_are_limited_to_what_celery_needs(host, broker):
             assert "NOPERM" in redis_cli(host, "CONFIG", "GET", "maxmemory", user=user), user
             assert "NOPERM" in redis_cli(host, "FLUSHALL", user=user), user
             assert "NOPERM" in redis_cli(host, "-n", "1", "GET", "rq:queue:email", user=user), user
+        # The worker's subscriptions (broadcasts, events) are refused to the web app's own
+        # connection (preset celery-web); what it does itself (publish, `inspect` replies) is not.
+        listen = (("SUBSCRIBE", "/1.celery.pidbox"), ("PSUBSCRIBE", "/1.celeryev/worker.*"))
+        refused = refused_to_the_web_app(host, "settings.CELERY_BROKER_URL", *listen)
+        assert refused == {"SUBSCRIBE": True, "PSUBSCRIBE": True}, refused
         # The log holds the probes' denials, and only those: both users, each denied CONFIG and
         # FLUSHALL (the database probe adds its own entries, of these users only).
         logged = acl_log_entries(host)
         probes = {(entry.get("username"), entry.get("object", "").split("|")[0]) for entry in logged}
         assert {(user, command) for user in users for command in ("config", "flushall")} <= probes, logged
+        assert {("edupulse-app", "subscribe"), ("edupulse-app", "psubscribe")} <= probes, logged
         assert {entry.get("username") for entry in logged} == set(users), logged
         host.run_expect([0], "redis-admin-cli ACL LOG RESET")
         assert acl_log_entries(host) == []
