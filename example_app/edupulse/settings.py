@@ -134,6 +134,9 @@ if os.environ.get("DJANGO_DB_HOST"):
             "OPTIONS": {"sslmode": os.environ.get("DJANGO_DB_SSLMODE", "prefer"), "connect_timeout": 10},
         }
     }
+    # The CAs that vouch for the server's certificate (sslmode verify-ca or verify-full).
+    if os.environ.get("DJANGO_DB_SSLROOTCERT"):
+        DATABASES["default"]["OPTIONS"]["sslrootcert"] = os.environ["DJANGO_DB_SSLROOTCERT"]
 else:
     DATABASES = {
         "default": {

@@ -117,6 +117,54 @@ def test_workers_reach_redis_over_verified_tls_and_the_database(hosts, address):
     assert unverified.rc != 0 and "certificate verify failed" in unverified.stderr, unverified.stderr
 
 
+# Runs in a worker's venv: connects to the ledger with the app's own settings (its env file),
+# some of them replaced by argv[1] (JSON); prints whether the session is encrypted, or the error.
+PG_CONNECT = r"""
+import json, re, sys
+import psycopg
+env = dict(re.findall(r'^([A-Z_]+)="(.*)"$', open("/etc/edupulse/edupulse.env").read(), re.M))
+params = {"host": env["DJANGO_DB_HOST"], "port": env["DJANGO_DB_PORT"], "dbname": env["DJANGO_DB_NAME"],
+          "user": env["DJANGO_DB_USER"], "password": env["DJANGO_DB_PASSWORD"],
+          "sslmode": env["DJANGO_DB_SSLMODE"], "sslrootcert": env.get("DJANGO_DB_SSLROOTCERT", ""),
+          "connect_timeout": 10}
+params.update(json.loads(sys.argv[1]))
+try:
+    with psycopg.connect(**params) as connection:
+        row = connection.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()
+        print(json.dumps({"ssl": row[0]}))
+except psycopg.OperationalError as error:
+    print(json.dumps({"error": str(error)}))
+"""
+
+
+def pg_connect(host, **replace: str) -> dict:
+    return json.loads(host.check_output(
+        f"{VENV_PYTHON} -c {shlex.quote(PG_CONNECT)} {shlex.quote(json.dumps(replace))}"))
+
+
+def test_the_app_verifies_the_database_over_tls_and_a_plain_connection_is_refused(hosts):
+    """roles/postgresql with the deployment's certificate: the app connects with verify-full and
+    the session is encrypted; a client whose trust store lacks the CA is refused, and so is a
+    connection without TLS (pg_hba.conf admits the app's hosts with hostssl only)."""
+    for role in ("web", *WORKERS):
+        env = hosts[role].file("/etc/edupulse/edupulse.env").content_string
+        assert 'DJANGO_DB_SSLMODE="verify-full"' in env, role
+        assert 'DJANGO_DB_SSLROOTCERT="/etc/ssl/certs/ca-certificates.crt"' in env, role
+        assert pg_connect(hosts[role]) == {"ssl": True}, role
+    worker = hosts["worker1"]
+    unverified = pg_connect(worker, sslrootcert="/etc/ssl/certs/ISRG_Root_X1.pem")
+    assert "certificate verify failed" in unverified.get("error", ""), unverified
+    plain = pg_connect(worker, sslmode="disable")
+    assert "no pg_hba.conf entry" in plain.get("error", "") and "no encryption" in plain["error"], plain
+    # The app itself (Django, its settings from the same env file) is on the encrypted session.
+    shown = worker.check_output(
+        f"{MANAGE} shell --verbosity 0 -c "
+        + shlex.quote("from django.db import connection; c = connection.cursor(); "
+                      "c.execute('SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()'); "
+                      "print(c.fetchone()[0], connection.settings_dict['OPTIONS']['sslmode'])"))
+    assert shown.strip().splitlines()[-1] == "True verify-full", shown
+
+
 def test_redis_listens_on_its_private_address_and_the_plain_port_stays_local(hosts, address):
     data = hosts["data"]
     listening = data.check_output("ss -Hltn")
