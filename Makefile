@@ -12,10 +12,10 @@ BIN := $(VENV)/bin
 # tests/harness/run-scenarios.sh), longest first: in this order (CI's measured durations) until
 # the harness has measured them on this machine (.cache/molecule-logs/durations).
 SCENARIOS ?= rq switch celery cluster celery_rabbitmq batch dev_macos
-# Five on a 2-core machine: the four long scenarios (30-46 min each in a local clean run, mostly
-# waiting on timeouts, outages and stalled SMTP) must all start at once, since any of them
-# waiting for a slot would double the run; the fifth slot runs the three short ones back to back
-# (together ~63 min locally, close to the longest), so nothing else waits much. More slots shorten nothing and only add CPU
+# Five on a 2-core machine: the five longest (29-46 min each in a local clean run, mostly waiting
+# on timeouts, outages and stalled SMTP) start at once, since any of them waiting for a slot
+# would lengthen the run; batch and dev_macos (20 and 14 min) take the first slots that free up
+# and still end before the longest, so nothing else waits. More slots shorten nothing and only add CPU
 # contention to the converges, which is where the cores are busy.
 MOLECULE_JOBS ?= 5
 # Queue mode of the demo, and the broker in celery mode (redis or rabbitmq).
