@@ -154,29 +154,38 @@ def batch_campaigns_by_default(settings) -> None:
 
 def start_redis(url: str, directory: Path) -> subprocess.Popen:
     """Start redis-server for ``url`` (port, ACL user and password), default user disabled."""
+    parts = urlsplit(url)
+    # RQ's keys and channels; the celery run's broker (database 1) uses kombu's names. The
+    # production ACLs of both are roles/redis presets (test_redis_acl.py and the Molecule
+    # scenarios check them).
+    scope = ["~rq:*", "&rq:*"] if os.environ["BULK_EMAIL_QUEUE_MODE"] == "rq" else ["~*", "&*"]
+    return run_redis_server(
+        parts.port, directory,
+        "--user", "default", "off",
+        "--user", parts.username, "on", f">{parts.password}", *scope, "+@all",
+    )
+
+
+def run_redis_server(port: int, directory: Path, *options: str) -> subprocess.Popen:
+    """A private redis-server on 127.0.0.1:``port`` (no persistence) with ``options`` (its users),
+    once it accepts connections."""
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail(
             "redis-server is not installed; the rq tests need it: apt-get install -y redis-server",
             pytrace=False,
         )
-    parts = urlsplit(url)
-    # RQ's keys and channels; the celery run's broker (database 1) uses kombu's names. The
-    # production ACLs of both are roles/redis presets, checked by the Molecule scenarios.
-    scope = ["~rq:*", "&rq:*"] if os.environ["BULK_EMAIL_QUEUE_MODE"] == "rq" else ["~*", "&*"]
     process = subprocess.Popen(
         [
-            binary, "--port", str(parts.port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(directory), "--daemonize", "no",
-            "--user", "default", "off",
-            "--user", parts.username, "on", f">{parts.password}", *scope, "+@all",
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(directory), "--daemonize", "no", *options,
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            socket.create_connection(("127.0.0.1", parts.port), timeout=0.2).close()
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return process
         except OSError:
             if process.poll() is not None:
