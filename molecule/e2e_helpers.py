@@ -35,8 +35,8 @@ def redis_cli(host, *args: str, user: str = "") -> str:
     return (cmd.stdout + cmd.stderr).strip()
 
 
-# Runs in the app's Django shell (the web app's env file, so its own Redis user): each command of
-# PROBES on a connection of its own, and whether Redis refused it. Connections of their own, since
+# Runs in the app's Django shell (the web app's env file, so its own Redis user): each command
+# given, on a connection of its own, and whether Redis refused it. Connections of their own, since
 # a SUBSCRIBE that is allowed leaves its connection in pub/sub mode.
 WEB_USER_PROBE = """
 import json, redis
