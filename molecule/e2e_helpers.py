@@ -504,20 +504,25 @@ def converge_hostname(host) -> str:
 @functools.cache
 def _converge_hostnames() -> dict[str, str]:
     """{container: inventory name} from the scenario's own inventory options, templated as a run
-    templates them (ansible's debug on each host, which connects to none)."""
+    templates them (ansible's debug on each host, which connects to none; its JSON result)."""
     _, args = converge_arguments()
     options = [arg for arg in args if arg.startswith(("--inventory=", "--vault-password-file="))]
     if not any(arg.startswith("--inventory=") for arg in options):
         return {}
     result = subprocess.run(
         [str(Path(sys.executable).with_name("ansible")), "all", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         *options, "-o", "-m", "ansible.builtin.debug", "-a", "msg={{ ansible_host | default(inventory_hostname) }}"],
-        cwd=os.environ["MOLECULE_PROJECT_DIRECTORY"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, check=False, env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
+         *options, "-m", "ansible.builtin.debug", "-a", "msg={{ ansible_host | default(inventory_hostname) }}"],
+        cwd=os.environ["MOLECULE_PROJECT_DIRECTORY"], capture_output=True, text=True, check=False,
+        # The result as JSON, not as lines that Molecule's environment colours.
+        env={**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+             "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
     )
-    assert result.returncode == 0, result.stdout
-    return {answer["msg"]: name for name, answer in
-            ((m.group(1), json.loads(m.group(2))) for m in re.finditer(r"^(\S+) \| SUCCESS => (\{.*\})$", result.stdout, re.M))}
+    assert result.returncode == 0, result.stdout + result.stderr
+    # profile_tasks (ansible.cfg) prints its timing lines around the JSON document.
+    start = 0 if result.stdout.startswith("{") else result.stdout.index("\n{") + 1
+    document, _ = json.JSONDecoder().raw_decode(result.stdout, start)
+    hosts = document["plays"][0]["tasks"][0]["hosts"]
+    return {answer["msg"]: name for name, answer in hosts.items()}
 
 
 def play_recap(output: str, hostname: str) -> dict[str, int]:
