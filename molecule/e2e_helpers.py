@@ -7,6 +7,7 @@ ground truth for "delivered exactly once".
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -486,6 +487,42 @@ def run_converge(*args: str) -> subprocess.CompletedProcess:
     """The scenario's converge playbook again (Molecule's own skip tags), plus `args`."""
     playbook, scenario_args = converge_arguments()
     return run_playbook(playbook, "--skip-tags", "molecule-notest,notest", *scenario_args, *args)
+
+
+def converge_hostname(host) -> str:
+    """The name that the scenario's converge inventory gives a testinfra host (its container).
+
+    Molecule's inventory names each host after its container. A scenario that adds an inventory
+    of its own (molecule/production: the copied inventories/production, whose edupulse-prod-1
+    reaches the container through ansible_host) names it as that inventory does.
+    """
+    # The ansible backend's host name (Molecule's inventory), or a docker:// host's container.
+    container = getattr(host.backend, "host", None) or host.backend.name
+    return _converge_hostnames().get(container, container)
+
+
+@functools.cache
+def _converge_hostnames() -> dict[str, str]:
+    """{container: inventory name} from the scenario's own inventory options, templated as a run
+    templates them (ansible's debug on each host, which connects to none; its JSON result)."""
+    _, args = converge_arguments()
+    options = [arg for arg in args if arg.startswith(("--inventory=", "--vault-password-file="))]
+    if not any(arg.startswith("--inventory=") for arg in options):
+        return {}
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("ansible")), "all", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
+         *options, "-m", "ansible.builtin.debug", "-a", "msg={{ ansible_host | default(inventory_hostname) }}"],
+        cwd=os.environ["MOLECULE_PROJECT_DIRECTORY"], capture_output=True, text=True, check=False,
+        # The result as JSON, not as lines that Molecule's environment colours.
+        env={**os.environ, "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+             "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # profile_tasks (ansible.cfg) prints its timing lines around the JSON document.
+    start = 0 if result.stdout.startswith("{") else result.stdout.index("\n{") + 1
+    document, _ = json.JSONDecoder().raw_decode(result.stdout, start)
+    hosts = document["plays"][0]["tasks"][0]["hosts"]
+    return {answer["msg"]: name for name, answer in hosts.items()}
 
 
 def play_recap(output: str, hostname: str) -> dict[str, int]:

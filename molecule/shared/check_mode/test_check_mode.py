@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import subprocess
 
-from e2e_helpers import changed_tasks, play_recap, run_converge
+from e2e_helpers import changed_tasks, converge_hostname, play_recap, run_converge
 
 
 @functools.cache
@@ -23,7 +23,8 @@ def check_run() -> subprocess.CompletedProcess:
 def test_check_mode_on_the_converged_host_changes_nothing(host):
     result = check_run()
     assert result.returncode == 0, result.stdout[-4000:]
-    counters = play_recap(result.stdout, host.backend.host)
+    name = converge_hostname(host)
+    counters = play_recap(result.stdout, name)
     assert counters["failed"] == 0 and counters["unreachable"] == 0, result.stdout[-4000:]
-    changed = [line for line in changed_tasks(result.stdout) if f"[{host.backend.host}]" in line]
+    changed = [line for line in changed_tasks(result.stdout) if f"[{name}]" in line]
     assert counters["changed"] == 0, "\n".join(changed) or result.stdout[-4000:]

@@ -1,38 +1,34 @@
-"""Exactly once through a real mail server that behaves like Gmail's submission service.
+"""Exactly once through a real mail server that answers for Gmail's submission service.
 
-The other tests send to the project's own SMTP sink. Here the deployed app sends through
-Postfix from Debian, set up inside the container as a provider is: submission on port 587 with
-STARTTLS required (a certificate from a CA this test makes, which the server's trust store
-then holds, as it holds a public CA), SASL AUTH through Dovecot's passwd-file, and anvil's rate
-limit set so low that the campaign meets real throttling (`450 4.7.1 Error: too much mail
-from 127.0.0.1` at MAIL FROM; Postfix logs "rate limit exceeded"). Postfix delivers every recipient into one Maildir and adds a
-Delivered-To header: one file per accepted message, so the Maildir is the ground truth.
+The inventory keeps Gmail's settings (smtp.gmail.com, 587, STARTTLS, the vault's app password);
+here smtp.gmail.com resolves, inside the container, to Postfix from Debian set up as a provider
+is: submission on port 587 with STARTTLS required (the certificate for smtp.gmail.com from the
+CA that prepare.yml made, which the deployed role put into the server's trust store as the
+inventory's extra CA, as a public CA is there), SASL AUTH through Dovecot's passwd-file with the
+vault's password, and anvil's rate limit set so low that the campaign meets real throttling
+(`450 4.7.1 Error: too much mail from 127.0.0.1` at MAIL FROM; Postfix logs "rate limit
+exceeded"). Postfix delivers every recipient into one Maildir and adds a Delivered-To header:
+one file per accepted message, so the Maildir is the ground truth.
 
-The app keeps its deployed settings except the mail ones, which a second EnvironmentFile
-overrides for this test's commands only (a copy of edupulse-manage with one more line).
-First platform only: the OS is not what is tested, and Dovecot's configuration language
-changed in Debian 13's 2.4.
+The app sends with its deployed settings, untouched: the point is that the production
+inventory's work. The provider is set up here, after converge: the deploy sends no mail.
+Dovecot's configuration language is Debian 12's (2.3); this scenario has Debian 12 only.
 """
 from __future__ import annotations
 
-import os
-import secrets
 import shlex
 
 import pytest
 
-from e2e_helpers import last_json_line, wait_for, write_recipients
+from e2e_helpers import MANAGE, env_value, last_json_line, wait_for, write_recipients
+from production_helpers import CONTAINER, smtp_password
 
-SCENARIO = os.environ.get("MOLECULE_SCENARIO_NAME", "batch")
-testinfra_hosts = [f"docker://{SCENARIO}-{os.environ.get('EDUPULSE_NAME_1', 'debian12')}"]
+testinfra_hosts = [f"docker://{CONTAINER}"]
 
-MAIL_NAME = "mail.edupulse.test"
+# The inventory's SMTP server (edupulse_app_email_host's default) and account.
+MAIL_NAME = "smtp.gmail.com"
 DOMAIN = "students.edupulse.test"
 MAILDIR = "/var/mail/vmail/students"
-SENDER = "notifications@edupulse.test"
-WORK = "/root/real-mta"
-ENV_FILE = "/etc/edupulse/real-mta.env"
-MANAGE = "/usr/local/bin/edupulse-manage-real-mta"
 # anvil counts messages per client per time unit: 8 per 10 s is far below what the app sends.
 RATE_LIMIT, RATE_UNIT = 8, "10s"
 RECIPIENTS = 40
@@ -40,29 +36,18 @@ RECIPIENTS = 40
 SETUP = r"""
 set -eu
 export DEBIAN_FRONTEND=noninteractive
-echo "127.0.0.1 {name}" >> /etc/hosts
+# smtp.gmail.com is this container, for every process on it (the deployed app included).
+grep -q " {name}$" /etc/hosts || echo "127.0.0.1 {name}" >> /etc/hosts
 echo "postfix postfix/main_mailer_type select Internet Site" | debconf-set-selections
 echo "postfix postfix/mailname string {name}" | debconf-set-selections
-apt-get install -y -qq postfix dovecot-core openssl >/dev/null
-mkdir -p {work} && cd {work}
-# The test's CA, and the server's certificate for {name} signed by it.
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=EduPulse test CA" \
-  -keyout ca.key -out ca.crt 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN={name}" -keyout mail.key -out mail.csr 2>/dev/null
-printf 'subjectAltName=DNS:{name}\n' > san.ext
-openssl x509 -req -in mail.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-  -extfile san.ext -out mail.crt 2>/dev/null
-install -m 0644 mail.crt /etc/ssl/certs/edupulse-test-mail.crt
-install -m 0600 mail.key /etc/ssl/private/edupulse-test-mail.key
-install -m 0644 ca.crt /usr/local/share/ca-certificates/edupulse-test-ca.crt
-update-ca-certificates >/dev/null 2>&1
+apt-get install -y -qq postfix dovecot-core >/dev/null
 id vmail >/dev/null 2>&1 || useradd --system --uid 5000 --user-group --home-dir /var/mail/vmail vmail
 install -d -o vmail -g vmail /var/mail/vmail
 postconf -e "myhostname={name}" "mydestination=localhost" \
   "virtual_mailbox_domains={domain}" "virtual_mailbox_base=/var/mail/vmail" \
   "virtual_mailbox_maps=static:students/" "virtual_uid_maps=static:5000" "virtual_gid_maps=static:5000" \
-  "smtpd_tls_cert_file=/etc/ssl/certs/edupulse-test-mail.crt" \
-  "smtpd_tls_key_file=/etc/ssl/private/edupulse-test-mail.key" \
+  "smtpd_tls_cert_file=/etc/ssl/certs/smtp-provider.crt" \
+  "smtpd_tls_key_file=/etc/ssl/private/smtp-provider.key" \
   "smtpd_client_message_rate_limit={rate}" "anvil_rate_time_unit={unit}" \
   "smtpd_client_event_limit_exceptions="
 postconf -M submission/inet="submission inet n - y - - smtpd"
@@ -105,27 +90,19 @@ def manage(host, *args: str):
 
 @pytest.fixture(scope="module")
 def provider(host):
-    """Postfix + Dovecot on 587 in the container; the app's mail settings pointed at it."""
-    password = secrets.token_hex(12)
-    script = SETUP.format(name=MAIL_NAME, work=WORK, domain=DOMAIN, rate=RATE_LIMIT,
-                          unit=RATE_UNIT, sender=SENDER)
-    setup = host.run(f"MTA_PASSWORD={shlex.quote(password)} bash -c {shlex.quote(script)}")
+    """Postfix + Dovecot on 587 as smtp.gmail.com, whose account is the deployed app's and whose
+    password is the vault's (the app's own copy of it is what logs in)."""
+    settings = {name: env_value(host, name) for name in
+                ("EMAIL_HOST", "EMAIL_PORT", "EMAIL_USE_TLS", "EMAIL_USE_SSL", "EMAIL_HOST_USER")}
+    # The inventory's Gmail settings, as deployed: nothing here points the app elsewhere.
+    assert settings == {"EMAIL_HOST": MAIL_NAME, "EMAIL_PORT": "587", "EMAIL_USE_TLS": "true",
+                        "EMAIL_USE_SSL": "false", "EMAIL_HOST_USER": "notifications@example.org"}, settings
+    sender = settings["EMAIL_HOST_USER"]
+    script = SETUP.format(name=MAIL_NAME, domain=DOMAIN, rate=RATE_LIMIT, unit=RATE_UNIT, sender=sender)
+    setup = host.run(f"MTA_PASSWORD={shlex.quote(smtp_password())} bash -c {shlex.quote(script)}")
     assert setup.rc == 0, setup.stdout + setup.stderr
-    env = "\n".join([
-        f'EMAIL_HOST="{MAIL_NAME}"', 'EMAIL_PORT="587"', 'EMAIL_USE_TLS="true"',
-        'EMAIL_USE_SSL="false"', f'EMAIL_HOST_USER="{SENDER}"', f'EMAIL_HOST_PASSWORD="{password}"',
-        f'DEFAULT_FROM_EMAIL="EduPulse <{SENDER}>"', 'BULK_EMAIL_RETRY_BACKOFF="1"',
-    ]) + "\n"
-    host.run_expect([0], f"umask 077 && printf %s {shlex.quote(env)} > {ENV_FILE}")
-    # The operator's wrapper with the override file after the deployed one (later wins).
-    host.run_expect([0], (
-        "sed 's|^\\(\\s*--property=EnvironmentFile=\\S*\\)|\\1 --property=EnvironmentFile="
-        f"{ENV_FILE}|' /usr/local/bin/edupulse-manage > {MANAGE} && chmod 0755 {MANAGE} "
-        f"&& grep -q {ENV_FILE} {MANAGE}"
-    ))
-    yield password
-    host.run(f"systemctl stop postfix dovecot; rm -f {ENV_FILE} {MANAGE} "
-             "/usr/local/share/ca-certificates/edupulse-test-ca.crt; update-ca-certificates --fresh")
+    yield sender
+    host.run("systemctl stop postfix dovecot")
 
 
 def delivered_to(host, campaign_id: str) -> list[str]:
@@ -151,20 +128,48 @@ def ledger(host, campaign_id: str) -> dict:
 
 
 def test_the_provider_requires_tls_and_auth(host, provider):
-    """The provider is real: no AUTH without STARTTLS, a wrong password is refused (535)."""
+    """The provider is real: no AUTH without STARTTLS, a wrong password is refused (535), and its
+    certificate is trusted only through the test's CA (a client with no CA refuses it)."""
     probe = (
         "import smtplib, ssl, sys\n"
         f"s = smtplib.SMTP({MAIL_NAME!r}, 587, timeout=30); s.ehlo()\n"
         "print('auth-before-tls', 'auth' in s.esmtp_features)\n"
         "s.starttls(context=ssl.create_default_context()); s.ehlo()\n"
         "try:\n"
-        f"    s.login({SENDER!r}, 'wrong-password')\n"
+        f"    s.login({provider!r}, 'wrong-password')\n"
         "except smtplib.SMTPAuthenticationError as e:\n"
         "    print('wrong-password', e.smtp_code)\n"
+        f"s = smtplib.SMTP({MAIL_NAME!r}, 587, timeout=30); s.ehlo()\n"
+        "try:\n"
+        "    s.starttls(context=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))\n"
+        "except ssl.SSLCertVerificationError as e:\n"
+        "    print('no-ca', e.verify_message)\n"
     )
     out = host.run(f"python3 -c {shlex.quote(probe)}")
     assert out.rc == 0, out.stderr
     assert "auth-before-tls False" in out.stdout and "wrong-password 535" in out.stdout, out.stdout
+    assert "no-ca unable to get local issuer certificate" in out.stdout, out.stdout
+
+
+def test_the_app_verifies_the_providers_certificate(host, provider):
+    """The deployed app's own SMTP connection (its settings, its batch connection's TLS context)
+    checks the chain and the name: the context requires both, and the session's peer
+    certificate is the verified one for smtp.gmail.com (ssl returns none when unverified)."""
+    code = (
+        "import json, ssl\n"
+        "from django.core.mail import get_connection\n"
+        "from bulk_email.connection import prepare_connection\n"
+        "connection = prepare_connection(get_connection(fail_silently=False))\n"
+        "connection.open()\n"
+        "peer = connection.connection.sock.getpeercert()\n"
+        "print(json.dumps({'required': connection.ssl_context.verify_mode == ssl.CERT_REQUIRED,\n"
+        "                  'hostname': connection.ssl_context.check_hostname,\n"
+        "                  'names': [v for k, v in peer.get('subjectAltName', ())]}))\n"
+        "connection.close()\n"
+    )
+    out = manage(host, "shell", "-c", code)
+    assert out.rc == 0, out.stdout + out.stderr
+    assert last_json_line(out.stdout) == {"required": True, "hostname": True, "names": [MAIL_NAME]}, out.stdout
 
 
 def test_campaign_through_a_throttling_provider_arrives_exactly_once(host, provider):
