@@ -31,8 +31,8 @@ No number is asserted: on a shared machine a threshold would only be flaky.
 Deploy times: the first converge and the no-change re-run of each mode side by
 side, with their ratio (the re-run should be a fraction of the first). With
 --mitogen, after the plain runs, fresh containers are converged the same way
-with Mitogen's strategy (an opt-in: `pip install mitogen` happens
-only then, into .cache/mitogen; the plain path stays the default). --converge-only stops after the
+with Mitogen's strategy (an opt-in: .venv has mitogen from requirements.txt, and
+only --mitogen turns its strategy on; the plain path stays the default). --converge-only stops after the
 deploy times (no campaigns). --prefix (or EDUPULSE_BENCH_PREFIX) names the
 containers <prefix>-<mode> instead of bench-<mode>, for runs side by side.
 
@@ -76,9 +76,8 @@ CACHE = Path(os.environ.get("EDUPULSE_CACHE_DIR", "/var/cache/edupulse"))
 IN_CONTAINER = "/root/edupulse-bench"
 # Container names <prefix>-<mode> (--prefix); the inventories name the hosts bench-<mode>.
 PREFIX = [os.environ.get("EDUPULSE_BENCH_PREFIX", "bench")]
-# Mitogen's version for --mitogen (its strategy plugins must know this Ansible).
-MITOGEN = "mitogen==0.3.54"
-MITOGEN_DIR = REPO / ".cache" / "mitogen"
+# Mitogen's strategy for --mitogen: the one the Molecule scenarios use (mitogen in .venv).
+MITOGEN_STRATEGIES = REPO / "plugins" / "strategy"
 PYTHON_RE = r"^\S*python[0-9.]*\s"
 
 
@@ -265,19 +264,6 @@ def playbook_command(mode: str, setting: Setting, mitogen: bool = False) -> list
     ]
 
 
-def mitogen_strategies() -> Path:
-    """Mitogen's strategy plugins, installed now if missing (--mitogen only).
-
-    Into .cache/mitogen of this checkout (on ansible-playbook's PYTHONPATH), not into .venv:
-    the plain path never sees it, and removing the directory undoes it.
-    """
-    strategies = MITOGEN_DIR / "ansible_mitogen" / "plugins" / "strategy"
-    if not strategies.is_dir():
-        log(f"--mitogen: installing {MITOGEN} into {MITOGEN_DIR.relative_to(REPO)}")
-        run([str(REPO / ".venv/bin/python"), "-m", "pip", "install", "--quiet", "--target", str(MITOGEN_DIR), MITOGEN])
-    return strategies
-
-
 def ansible_env(mitogen: bool = False) -> dict:
     """The Makefile's environment, with a fact cache of the bench's own (cleared per fresh host).
 
@@ -291,8 +277,7 @@ def ansible_env(mitogen: bool = False) -> dict:
         "ANSIBLE_FORCE_COLOR": "0", "PYTHONDONTWRITEBYTECODE": "1",
     })
     if mitogen:
-        env.update({"ANSIBLE_STRATEGY_PLUGINS": str(mitogen_strategies()), "ANSIBLE_STRATEGY": "mitogen_linear",
-                    "PYTHONPATH": os.pathsep.join(filter(None, [str(MITOGEN_DIR), env.get("PYTHONPATH")]))})
+        env.update({"ANSIBLE_STRATEGY_PLUGINS": str(MITOGEN_STRATEGIES), "ANSIBLE_STRATEGY": "mitogen_linear"})
     return env
 
 
