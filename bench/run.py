@@ -264,6 +264,14 @@ def playbook_command(mode: str, setting: Setting, mitogen: bool = False) -> list
     ]
 
 
+def mitogen_available() -> None:
+    """Refuse --mitogen at once when .venv lacks mitogen (requirements.txt pins it)."""
+    probe = subprocess.run([str(REPO / ".venv/bin/python"), "-c", "import ansible_mitogen"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode:
+        raise SystemExit(f"--mitogen: mitogen is not installed in .venv (make setup): {probe.stderr.strip()[-200:]}")
+
+
 def ansible_env(mitogen: bool = False) -> dict:
     """The Makefile's environment, with a fact cache of the bench's own (cleared per fresh host).
 
@@ -642,7 +650,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--converge-only", action="store_true",
                         help="only the deploy times (first converge, no-change re-run), no campaigns")
     parser.add_argument("--mitogen", action="store_true",
-                        help=f"also the deploy times with Mitogen (installs {MITOGEN} into .cache/mitogen if missing)")
+                        help="also the deploy times with Mitogen's strategy (plugins/strategy; mitogen is in .venv)")
     parser.add_argument("--compare", metavar="REF",
                         help="measure the kept containers with the app package of git commit REF and of "
                              "this checkout in turn (one --settings name per mode)")
@@ -722,7 +730,7 @@ def main(argv: list[str]) -> int:
             return 0
         first_setting = {mode: modes[mode].settings[0] for mode in args.modes}
         if args.mitogen:
-            mitogen_strategies()  # installed before anything is timed
+            mitogen_available()  # refused before anything is created or timed
         log(f"creating containers for {', '.join(args.modes)}")
         fresh_hosts(args.modes)
         results["ansible"] = deploy_times(args.modes, first_setting, mitogen=False)
