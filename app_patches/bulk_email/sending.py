@@ -17,9 +17,12 @@ Rules, and why:
   twice.
 * A batch is claimed in one statement (and with it the quota reserved)
   before anything is sent; every mark is a compare-and-set on this
-  runner's claim, refreshed before each attempt and before each backoff
-  sleep (see claims). A delivery another runner holds, or took over from
-  this one, counts as ``busy`` and stays as that runner leaves it.
+  runner's claim. Before each attempt and each backoff sleep the claims of
+  the whole batch are renewed together once the last renewal is
+  refresh_interval() old (see Claimed), so a batch that takes longer than
+  the claim timeout keeps all of them. A delivery another runner holds, or
+  took over from this one, counts as ``busy`` and stays as that runner
+  leaves it.
 * Transient errors (SMTP 4xx such as 421/451, a dropped connection, a
   timeout or another socket error) close the connection, wait with
   exponential backoff (BULK_EMAIL_RETRY_BACKOFF * 2**n, capped by
@@ -190,6 +193,21 @@ def build_message(delivery: Delivery, connection: BaseEmailBackend) -> EmailMult
 # so the refresh before the next attempt is skipped: most messages of a batch then cost one
 # statement (the mark). settings.longest_attempt adds it to what the claim timeout must exceed.
 REFRESH_INTERVAL = 5.0  # = settings.CLAIM_REFRESH_INTERVAL
+# ... and never more than this share of BULK_EMAIL_CLAIM_TIMEOUT (see refresh_interval).
+REFRESH_SHARE = 0.25
+
+
+def refresh_interval() -> float:
+    """Seconds a batch's claims may go unrefreshed before the next attempt renews all of them.
+
+    REFRESH_INTERVAL, or a quarter of the claim timeout if that is shorter.
+    The startup check (settings.check_claim_timeout) only accepts timeouts
+    far above REFRESH_INTERVAL, but a project or a test may set a shorter
+    one afterwards; a fixed interval longer than the timeout would then let
+    every claim of a batch expire while its sender is still working through
+    it, and another runner would take them over and send them again.
+    """
+    return min(REFRESH_INTERVAL, settings.BULK_EMAIL_CLAIM_TIMEOUT * REFRESH_SHARE)
 
 
 @dataclass
@@ -201,9 +219,11 @@ class Claimed:
     refreshed_at: float = float("-inf")  # time.monotonic() just before the last refresh began
 
     def keep(self, delivery: Delivery) -> bool:
-        """Refresh every claim still held (CAS); True if ``delivery`` is still this runner's."""
+        """Refresh every claim of the batch still held (CAS); True if ``delivery`` is still this
+        runner's. All of them, not only ``delivery``'s: the batch was claimed at once, and a
+        batch may take longer than the claim timeout although each attempt takes less."""
         started = time.monotonic()
-        if started - self.refreshed_at >= REFRESH_INTERVAL:
+        if started - self.refreshed_at >= refresh_interval():
             self.ids = refresh(sorted(self.ids), self.runner) if self.ids else set()
             self.refreshed_at = started
         return delivery.pk in self.ids

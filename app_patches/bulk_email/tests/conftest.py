@@ -9,6 +9,7 @@ plugin), and execute jobs with an in-process burst SimpleWorker.
 """
 from __future__ import annotations
 
+import asyncio
 import email
 import os
 import shutil
@@ -34,6 +35,8 @@ class ScriptedSmtpHandler:
     rejected: recipient -> reply to its RCPT TO (e.g. "550 5.1.1 no such user").
     drop_at_data: numbers (1-based, counted over all DATA commands) at which
         the server drops the connection instead of answering.
+    data_delay: seconds the server takes before it answers each DATA (a slow
+        provider's end-of-data reply, scanning or queueing the message).
     """
 
     def __init__(self) -> None:
@@ -47,6 +50,7 @@ class ScriptedSmtpHandler:
         self.data_replies: list[str] = []
         self.rejected: dict[str, str] = {}
         self.drop_at_data: set[int] = set()
+        self.data_delay = 0.0
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
         with self.lock:
@@ -74,8 +78,12 @@ class ScriptedSmtpHandler:
         message = email.message_from_bytes(envelope.original_content or envelope.content)
         with self.lock:
             self.data_count += 1
+            number = self.data_count
             self.attempted_message_ids.append(message["Message-ID"])
-            if self.data_count in self.drop_at_data:
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
+        with self.lock:
+            if number in self.drop_at_data:
                 server.transport.abort()
                 return "421 connection dropped"  # never reaches the client
             if self.data_replies:

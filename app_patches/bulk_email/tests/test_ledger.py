@@ -5,7 +5,6 @@ on loopback: a runner whose claim was taken over while it worked, an
 account-level refusal, a late reply to the final dot, a long host name on
 PostgreSQL, a cloned machine, a host whose clock runs fast.
 """
-import asyncio
 import smtplib
 import subprocess
 from datetime import timedelta
@@ -79,6 +78,37 @@ def test_a_sender_whose_claim_was_taken_during_the_backoff_does_not_send_again(s
     assert (result.sent, result.busy) == (0, 1)
 
 
+def test_a_live_senders_claims_outlast_a_batch_longer_than_the_claim_timeout(smtp, settings, sleep):
+    """The batch is claimed in one statement; the server answers each message slowly, so the batch
+    outlasts BULK_EMAIL_CLAIM_TIMEOUT although each attempt is well within it. After every message
+    (between the server's 250 and the sender's mark, the worst moment) a second runner tries to
+    take the batch over: it must find every claim still held, none expired."""
+    settings.BULK_EMAIL_CLAIM_TIMEOUT = 3
+    smtp.data_delay = 1.0
+    recipients = addresses(5)
+    assert smtp.data_delay < settings.BULK_EMAIL_CLAIM_TIMEOUT < smtp.data_delay * len(recipients)
+    campaign = create_campaign("Hi", "Body", recipients)
+    ids = list(campaign.deliveries.order_by("pk").values_list("pk", flat=True))
+    connection = get_connection(fail_silently=False)
+    real_send = connection.send_messages
+    takeovers: list = []
+
+    def send_then_let_another_runner_try(messages):
+        accepted = real_send(messages)
+        takeovers.append(send_deliveries(ids, sleep=sleep, runner="rq:job-B"))
+        return accepted
+
+    connection.send_messages = send_then_let_another_runner_try
+    result = send_deliveries(ids, connection, sleep=sleep, runner="rq:job-A")
+
+    assert smtp.received() == {address: 1 for address in recipients}
+    assert (result.sent, result.busy) == (5, 0)
+    # B found the current recipient and every later one of the batch held by A, and sent none.
+    assert [(other.sent, other.busy) for other in takeovers] == [(0, 5), (0, 4), (0, 3), (0, 2), (0, 1)]
+    senders = campaign.deliveries.values_list("claimed_by", flat=True)
+    assert all(name.startswith("rq:job-A#") for name in senders), list(senders)
+
+
 @pytest.mark.parametrize(
     ("where", "reply"),
     [
@@ -115,13 +145,7 @@ def test_a_late_reply_to_the_final_dot_is_awaited_not_resent(smtp, settings, sle
     and a retry would mail the recipient twice."""
     settings.EMAIL_TIMEOUT = 1
     settings.BULK_EMAIL_DATA_REPLY_TIMEOUT = 30
-    handle = smtp.handle_DATA
-
-    async def slow_data(server, session, envelope):
-        await asyncio.sleep(2.5)  # longer than EMAIL_TIMEOUT, well within the data reply timeout
-        return await handle(server, session, envelope)
-
-    smtp.handle_DATA = slow_data
+    smtp.data_delay = 2.5  # longer than EMAIL_TIMEOUT, well within the data reply timeout
     campaign = create_campaign("Hi", "Body", addresses(1))
 
     run = send_campaign(campaign, sleep=sleep)
@@ -275,6 +299,7 @@ def test_a_refused_login_is_not_tried_again_by_later_batches_until_the_configura
     [
         test_a_stale_sender_never_overwrites_the_ledger_of_the_runner_that_took_over,
         test_a_sender_whose_claim_was_taken_during_the_backoff_does_not_send_again,
+        test_a_live_senders_claims_outlast_a_batch_longer_than_the_claim_timeout,
         test_another_machine_with_the_same_host_name_keeps_its_live_claim,
         test_a_host_whose_clock_runs_fast_does_not_expire_a_live_claim,
         test_a_refused_recipient_is_still_failed_on_its_own,
