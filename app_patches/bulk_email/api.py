@@ -9,17 +9,16 @@ configured queue mode, returning at once in every mode (batch included:
 the batch sender sends it, see bulk_email.batch_sender). The view then
 typically redirects to ``bulk_email:campaign-detail`` to show the progress.
 
-``guidance`` is the one line the product says when batch mode is asked to
-do what the guide gives to rq: more than 50 recipients.
+``guidance`` is the one line the product says when a mode is asked to do
+more than it is meant for: batch mode above the guide's 50 recipients
+(modes.batch.GUIDE_RQ_THRESHOLD), which the guide gives to rq.
 """
 from collections.abc import Iterable
 
+from . import modes
 from .campaigns import create_campaign
 from .dispatch import dispatch
 from .models import Campaign
-
-# The guide: "more than 50 recipients at once: use the rq mode".
-GUIDE_RQ_THRESHOLD = 50
 
 
 def send_bulk_email(
@@ -41,13 +40,5 @@ def send_bulk_email(
 
 
 def guidance(campaign: Campaign) -> str | None:
-    """The advice for a batch campaign above the guide's threshold, else None (advice, not a refusal)."""
-    if campaign.mode != "batch":
-        return None
-    total = campaign.deliveries.count()
-    if total <= GUIDE_RQ_THRESHOLD:
-        return None
-    return (
-        f"Batch mode: {total} recipients; for more than {GUIDE_RQ_THRESHOLD} the rq or celery mode "
-        "sends faster and retries in the background (site.yml -e queue_mode=rq)"
-    )
+    """The campaign's mode's advice for its size, else None (advice, not a refusal)."""
+    return modes.get(campaign.mode).advice(campaign)

@@ -45,6 +45,10 @@ class QueueMode(Protocol):
 
     name: str
     needs: ProjectNeeds
+    # Beat's schedule in the database (django-celery-beat): setup_periodic_tasks registers in it.
+    has_periodic_tasks: bool
+    # RQ's registries, which need rq_maintenance's recovery after a killed worker or lost jobs.
+    needs_rq_maintenance: bool
 
     def settings(self, env: Mapping[str, str]) -> dict[str, Any]:
         """The mode's own Django settings from the environment, checked (ImproperlyConfigured)."""
@@ -55,6 +59,13 @@ class QueueMode(Protocol):
     def dispatch(self, campaign: Campaign, *, wait: bool, sleep: Sleep) -> CampaignRun:
         """Hand the campaign's pending deliveries over and set its dispatched_at when the mode's
         guarantee needs it (see bulk_email.dispatch)."""
+
+    def advice(self, campaign: Campaign) -> str | None:
+        """The one line said about a campaign larger than the mode is meant for (None: no advice)."""
+
+    def leftover_line(self, campaign: Campaign, pending: int, stopped: str | None) -> str | None:
+        """What send_campaign says of the deliveries a waited-for dispatch left pending and who
+        sends them; None when dispatch only hands them to a queue (pending is its normal state)."""
 
     def campaign_extras(self, campaign: Campaign) -> dict[str, int]:
         """campaign_status's counts from the mode's queue (empty when it has none)."""

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from ..models import Campaign
     from ..sending import CampaignRun, Sleep
 
+# The guide: "more than 50 recipients at once: use the rq mode".
+GUIDE_RQ_THRESHOLD = 50
+
 
 def pending_batch_campaigns() -> list[Campaign]:
     """Batch campaigns that still have pending deliveries, oldest first."""
@@ -39,6 +42,8 @@ class BatchMode:
 
     name = "batch"
     needs = NEEDS["batch"]
+    has_periodic_tasks = False
+    needs_rq_maintenance = False
 
     def settings(self, env: Mapping[str, str]) -> dict[str, Any]:
         """None of its own: BULK_EMAIL_BATCH_SPOOL_DIR is read with the common settings."""
@@ -71,6 +76,27 @@ class BatchMode:
         campaign_id = campaign.id
         transaction.on_commit(lambda: poke(campaign_id))
         return CampaignRun(campaign_id=str(campaign_id), counts=campaign.counts())
+
+    def advice(self, campaign: Campaign) -> str | None:
+        """Above the guide's threshold, the queue modes: advice, not a refusal (this mode sends
+        any size, only slower and with its retries left to the batch sender's timer)."""
+        total = campaign.deliveries.count()
+        if total <= GUIDE_RQ_THRESHOLD:
+            return None
+        return (
+            f"Batch mode: {total} recipients; for more than {GUIDE_RQ_THRESHOLD} the rq or celery mode "
+            "sends faster and retries in the background (site.yml -e queue_mode=rq)"
+        )
+
+    def leftover_line(self, campaign: Campaign, pending: int, stopped: str | None) -> str:
+        """A waited-for dispatch sent in the caller's process; the campaign is dispatched, so the
+        batch sender sends what that left pending, and ``--resume`` does it now."""
+        reason = stopped or "transient SMTP errors, or being sent by another runner"
+        return (
+            f"{pending} deliveries left pending ({reason}): the batch sender "
+            "(edupulse-batch-sender.timer) sends them within a minute; "
+            f"`send_campaign --resume {campaign.id}` sends them now"
+        )
 
     def campaign_extras(self, campaign: Campaign) -> dict[str, int]:
         """No queue: the ledger's counts are the whole answer."""

@@ -155,6 +155,8 @@ class CeleryMode:
 
     name = "celery"
     needs = NEEDS["celery"]
+    has_periodic_tasks = True
+    needs_rq_maintenance = False
 
     def settings(self, env: Mapping[str, str]) -> dict[str, Any]:
         return celery_settings(env)
@@ -183,6 +185,14 @@ class CeleryMode:
         run = enqueue_campaign(campaign)
         campaign.mark_dispatched()
         return run
+
+    def advice(self, campaign: Campaign) -> None:
+        """None: a queue mode is what the advice recommends, for any size."""
+        return None
+
+    def leftover_line(self, campaign: Campaign, pending: int, stopped: str | None) -> None:
+        """None: dispatch only enqueued; the pending deliveries are in the tasks, not left over."""
+        return None
 
     def campaign_extras(self, campaign: Campaign) -> dict[str, int]:
         """The campaign's tasks by state in django-celery-results."""

@@ -47,6 +47,8 @@ class RqMode:
 
     name = "rq"
     needs = NEEDS["rq"]
+    has_periodic_tasks = False
+    needs_rq_maintenance = True
 
     def settings(self, env: Mapping[str, str]) -> dict[str, Any]:
         return {
@@ -65,6 +67,14 @@ class RqMode:
         run = enqueue_campaign(campaign)
         campaign.mark_dispatched()
         return run
+
+    def advice(self, campaign: Campaign) -> None:
+        """None: a queue mode is what the advice recommends, for any size."""
+        return None
+
+    def leftover_line(self, campaign: Campaign, pending: int, stopped: str | None) -> None:
+        """None: dispatch only enqueued; the pending deliveries are in the jobs, not left over."""
+        return None
 
     def campaign_extras(self, campaign: Campaign) -> dict[str, int]:
         """The campaign's jobs in the email queue and its registries."""

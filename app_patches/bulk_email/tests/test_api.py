@@ -8,8 +8,9 @@ import json
 
 import pytest
 
-from bulk_email.api import GUIDE_RQ_THRESHOLD, guidance, send_bulk_email
+from bulk_email.api import guidance, send_bulk_email
 from bulk_email.models import Campaign
+from bulk_email.modes.batch import GUIDE_RQ_THRESHOLD
 
 pytestmark = pytest.mark.django_db
 

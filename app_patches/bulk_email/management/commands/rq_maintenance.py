@@ -15,6 +15,8 @@ from argparse import ArgumentParser
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from bulk_email import modes
+
 
 class Command(BaseCommand):
     help = "Retry (or fail) the jobs that killed RQ workers left in the started registries."
@@ -23,8 +25,12 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Also print a JSON summary line.")
 
     def handle(self, *args: object, **options: object) -> None:
-        if settings.BULK_EMAIL_QUEUE_MODE != "rq":
-            raise CommandError("rq_maintenance is for rq mode (BULK_EMAIL_QUEUE_MODE=rq)")
+        mode = settings.BULK_EMAIL_QUEUE_MODE
+        if not modes.get(mode).needs_rq_maintenance:
+            needed = " or ".join(modes.names_where(lambda other: other.needs_rq_maintenance))
+            raise CommandError(
+                f"rq_maintenance is for BULK_EMAIL_QUEUE_MODE={needed} (RQ's job registries), not {mode}"
+            )
         from bulk_email.rq_jobs import enqueue_due_scheduled, recover_abandoned, recover_lost_batches
 
         recovered = recover_abandoned()

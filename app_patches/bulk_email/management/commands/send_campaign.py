@@ -31,6 +31,7 @@ from pathlib import Path
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from bulk_email import modes
 from bulk_email.api import guidance
 from bulk_email.campaigns import create_campaign
 from bulk_email.dispatch import dispatch
@@ -65,16 +66,6 @@ def check_stdin_once(options: dict) -> None:
     from_stdin = [flag for key, flag in FILE_OPTIONS.items() if options.get(key) == STDIN]
     if len(from_stdin) > 1:
         raise CommandError(f"only one of {', '.join(from_stdin)} can be - (standard input)")
-
-
-def leftover_line(campaign: Campaign, pending: int, stopped: str | None) -> str:
-    """What happens to what a batch run left pending, and how to send it now."""
-    reason = stopped or "transient SMTP errors, or being sent by another runner"
-    return (
-        f"{pending} deliveries left pending ({reason}): the batch sender "
-        "(edupulse-batch-sender.timer) sends them within a minute; "
-        f"`send_campaign --resume {campaign.id}` sends them now"
-    )
 
 
 class Command(BaseCommand):
@@ -126,8 +117,10 @@ class Command(BaseCommand):
         )
         if run.stopped:
             self.stdout.write(f"stopped: {run.stopped}")
-        if campaign.mode == "batch" and not run.held and counts["pending"]:
-            self.stdout.write(leftover_line(campaign, counts["pending"], run.stopped))
+        if not run.held and counts["pending"]:
+            leftover = modes.get(campaign.mode).leftover_line(campaign, counts["pending"], run.stopped)
+            if leftover:
+                self.stdout.write(leftover)
         if run.held:
             self.stdout.write(f"held: {run.held}")
         if options["json"]:

@@ -17,6 +17,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from bulk_email import modes
+
 HEALTH_TASK_NAME = "bulk_email queue health"
 
 
@@ -55,8 +57,12 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true", help="Also print a JSON summary line.")
 
     def handle(self, *args, **options) -> None:
-        if settings.BULK_EMAIL_QUEUE_MODE != "celery":
-            raise CommandError("setup_periodic_tasks needs BULK_EMAIL_QUEUE_MODE=celery")
+        mode = settings.BULK_EMAIL_QUEUE_MODE
+        if not modes.get(mode).has_periodic_tasks:
+            needed = " or ".join(modes.names_where(lambda other: other.has_periodic_tasks))
+            raise CommandError(
+                f"setup_periodic_tasks needs BULK_EMAIL_QUEUE_MODE={needed} (beat's schedule), not {mode}"
+            )
         every = options["health_interval"]
         if every < 0:
             raise CommandError(f"--health-interval must be 0 or more, got {every}")
