@@ -67,7 +67,7 @@ fi
 
 # refused MODE EXPECTED... -- ARGS: preflight must fail and name each EXPECTED text.
 refused() {
-  local mode=$1 out expected=()
+  local mode=$1 out flat expected=()
   shift
   while [ "$1" != -- ]; do expected+=("$1"); shift; done
   shift
@@ -76,8 +76,10 @@ refused() {
     status=1
     return
   fi
+  # The messages as one line: the YAML callback folds long ones at any space.
+  flat=$(tr -s ' \n' ' ' <<<"$out")
   for text in "${expected[@]}"; do
-    if ! grep -qF -- "$text" <<<"$out"; then
+    if ! grep -qF -- "$text" <<<"$flat"; then
       echo "[inventories] production $mode with $*: refused, but without '$text'"
       echo "$out" | grep -E 'ERROR|msg' | head -5
       status=1
@@ -93,6 +95,10 @@ refused rq 'redis_acl_users[edupulse-app].password contains "change-me"' \
 refused celery 'celery_flower_auth_password contains "change-me"' 'nginx_flower_auth_password contains "change-me"' \
   -- -e "@$vault" -e edupulse_flower_password=change-me-flower-0123456789
 refused rq "edupulse_app_secret_key" -- -e "@$vault" -e edupulse_app_secret_key=short
+# A line break in a secret would end its line of an env file (systemd's EnvironmentFile=).
+refused rq "edupulse_app_email_password contains a line break" \
+  'redis_acl_users[edupulse-app].password contains a line break' -- -e "@$vault" \
+  -e '{"edupulse_app_email_password": "two\nlines-0123456789", "edupulse_redis_app_password": "two\nlines-0123456789abcdef"}'
 
 # A multi-host inventory without a shared database is refused before anything changes: each app
 # host would keep its own SQLite ledger. Two "hosts" on this machine (a local connection), so
