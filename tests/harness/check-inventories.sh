@@ -115,4 +115,43 @@ else
   echo "$out" | tail -20
   status=1
 fi
+
+# The database on another host than an app host is reached over verified TLS only: without
+# postgresql_tls_certificate (sslmode would be prefer, pg_hba plain `host` lines) the run is
+# refused naming it, unless edupulse_postgresql_allow_plaintext says the network is private.
+# An app host and a database host on this machine, topology then preflight, as site.yml runs
+# them; and inventories/cluster (which sets a certificate) the same way. Facts stay in memory.
+# topology_case NAME EXPECTED|'' ARGS...: refused naming EXPECTED, or ('') accepted.
+topology_case() {
+  local name=$1 expected=$2 out
+  shift 2
+  if out=$(ANSIBLE_CACHE_PLUGIN=memory ansible-playbook playbooks/topology.yml playbooks/preflight.yml \
+      -e ansible_connection=local -e "ansible_python_interpreter=$(command -v python3)" \
+      -e "edupulse_credentials_dir=$credentials" -e "@$vault" "$@" 2>&1); then
+    if [ -z "$expected" ]; then
+      echo "[inventories] $name: valid"
+    else
+      echo "[inventories] $name: ACCEPTED (should be refused)"
+      status=1
+    fi
+  elif [ -n "$expected" ] && grep -qF -- "$expected" <<<"$(tr -s ' \n' ' ' <<<"$out")"; then
+    echo "[inventories] $name: refused ($expected)"
+  else
+    echo "[inventories] $name: INVALID"
+    echo "$out" | grep -E 'fatal|msg|ERROR' | head -10
+    status=1
+  fi
+}
+printf 'all:\n  children:\n    web:\n      hosts:\n        app-1: {edupulse_private_address: 10.0.0.11}\n    workers:\n      hosts:\n        app-1:\n    database:\n      hosts:\n        db-1: {edupulse_private_address: 10.0.0.20}\n' \
+  >"$extra_inventory"
+certificate='{"postgresql_tls_certificate": "-----BEGIN CERTIFICATE-----\n(placeholder)\n-----END CERTIFICATE-----", "postgresql_tls_certificate_key": "-----BEGIN PRIVATE KEY-----\n(placeholder)\n-----END PRIVATE KEY-----"}'
+topology_case "database on another host without a certificate" "postgresql_tls_certificate" \
+  -i "$extra_inventory" -e queue_mode=batch
+topology_case "database on another host, plaintext allowed" "" \
+  -i "$extra_inventory" -e queue_mode=batch -e edupulse_postgresql_allow_plaintext=true
+topology_case "database on another host with a certificate" "" -i "$extra_inventory" -e queue_mode=batch -e "$certificate"
+# (Every host's private address given, so that no default route of this machine is needed.)
+topology_case "inventories/cluster with its topology" "" -i inventories/cluster/hosts.yml -e queue_mode=celery \
+  -e edupulse_private_address=10.0.0.99 \
+  -e '{"redis_tls_certificate": "-----BEGIN CERTIFICATE-----\n(placeholder)\n-----END CERTIFICATE-----"}'
 exit $status
