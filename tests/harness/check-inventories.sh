@@ -67,7 +67,7 @@ fi
 
 # refused MODE EXPECTED... -- ARGS: preflight must fail and name each EXPECTED text.
 refused() {
-  local mode=$1 out expected=()
+  local mode=$1 out flat expected=()
   shift
   while [ "$1" != -- ]; do expected+=("$1"); shift; done
   shift
@@ -76,8 +76,10 @@ refused() {
     status=1
     return
   fi
+  # The messages as one line: the YAML callback folds long ones at any space.
+  flat=$(tr -s ' \n' ' ' <<<"$out")
   for text in "${expected[@]}"; do
-    if ! grep -qF -- "$text" <<<"$out"; then
+    if ! grep -qF -- "$text" <<<"$flat"; then
       echo "[inventories] production $mode with $*: refused, but without '$text'"
       echo "$out" | grep -E 'ERROR|msg' | head -5
       status=1
@@ -93,6 +95,10 @@ refused rq 'redis_acl_users[edupulse-app].password contains "change-me"' \
 refused celery 'celery_flower_auth_password contains "change-me"' 'nginx_flower_auth_password contains "change-me"' \
   -- -e "@$vault" -e edupulse_flower_password=change-me-flower-0123456789
 refused rq "edupulse_app_secret_key" -- -e "@$vault" -e edupulse_app_secret_key=short
+# A line break in a secret would end its line of an env file (systemd's EnvironmentFile=).
+refused rq "edupulse_app_email_password contains a line break" \
+  'redis_acl_users[edupulse-app].password contains a line break' -- -e "@$vault" \
+  -e '{"edupulse_app_email_password": "two\nlines-0123456789", "edupulse_redis_app_password": "two\nlines-0123456789abcdef"}'
 
 # A multi-host inventory without a shared database is refused before anything changes: each app
 # host would keep its own SQLite ledger. Two "hosts" on this machine (a local connection), so
@@ -109,4 +115,43 @@ else
   echo "$out" | tail -20
   status=1
 fi
+
+# The database on another host than an app host is reached over verified TLS only: without
+# postgresql_tls_certificate (sslmode would be prefer, pg_hba plain `host` lines) the run is
+# refused naming it, unless edupulse_postgresql_allow_plaintext says the network is private.
+# An app host and a database host on this machine, topology then preflight, as site.yml runs
+# them; and inventories/cluster (which sets a certificate) the same way. Facts stay in memory.
+# topology_case NAME EXPECTED|'' ARGS...: refused naming EXPECTED, or ('') accepted.
+topology_case() {
+  local name=$1 expected=$2 out
+  shift 2
+  if out=$(ANSIBLE_CACHE_PLUGIN=memory ansible-playbook playbooks/topology.yml playbooks/preflight.yml \
+      -e ansible_connection=local -e "ansible_python_interpreter=$(command -v python3)" \
+      -e "edupulse_credentials_dir=$credentials" -e "@$vault" "$@" 2>&1); then
+    if [ -z "$expected" ]; then
+      echo "[inventories] $name: valid"
+    else
+      echo "[inventories] $name: ACCEPTED (should be refused)"
+      status=1
+    fi
+  elif [ -n "$expected" ] && grep -qF -- "$expected" <<<"$(tr -s ' \n' ' ' <<<"$out")"; then
+    echo "[inventories] $name: refused ($expected)"
+  else
+    echo "[inventories] $name: INVALID"
+    echo "$out" | grep -E 'fatal|msg|ERROR' | head -10
+    status=1
+  fi
+}
+printf 'all:\n  children:\n    web:\n      hosts:\n        app-1: {edupulse_private_address: 10.0.0.11}\n    workers:\n      hosts:\n        app-1:\n    database:\n      hosts:\n        db-1: {edupulse_private_address: 10.0.0.20}\n' \
+  >"$extra_inventory"
+certificate='{"postgresql_tls_certificate": "-----BEGIN CERTIFICATE-----\n(placeholder)\n-----END CERTIFICATE-----", "postgresql_tls_certificate_key": "-----BEGIN PRIVATE KEY-----\n(placeholder)\n-----END PRIVATE KEY-----"}'
+topology_case "database on another host without a certificate" "postgresql_tls_certificate" \
+  -i "$extra_inventory" -e queue_mode=batch
+topology_case "database on another host, plaintext allowed" "" \
+  -i "$extra_inventory" -e queue_mode=batch -e edupulse_postgresql_allow_plaintext=true
+topology_case "database on another host with a certificate" "" -i "$extra_inventory" -e queue_mode=batch -e "$certificate"
+# (Every host's private address given, so that no default route of this machine is needed.)
+topology_case "inventories/cluster with its topology" "" -i inventories/cluster/hosts.yml -e queue_mode=celery \
+  -e edupulse_private_address=10.0.0.99 \
+  -e '{"redis_tls_certificate": "-----BEGIN CERTIFICATE-----\n(placeholder)\n-----END CERTIFICATE-----"}'
 exit $status

@@ -3,9 +3,12 @@ deployment really uses, in each queue mode: code written after the guide (SMTP_S
 REDIS_HOST, CELERY_BROKER_URL, ...) keeps working on a deployed host."""
 from __future__ import annotations
 
-import shlex
+from pathlib import Path
 
 import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[3]
 
 SMTP = {
     "edupulse_app_email_host": "smtp.example.org",
@@ -23,24 +26,17 @@ MODES = {
     "batch-localtime": {"edupulse_app_queue_mode": "batch", "edupulse_app_email_use_localtime": True},
     "rq-default-port": {"edupulse_app_queue_mode": "rq",
                         "edupulse_app_redis_url": "rediss://edupulse-web:pw@redis.internal/0"},
+    # celery mode with the RabbitMQ broker, the broker URL derived by roles/edupulse.
+    "celery-rabbitmq": {"queue_mode": "celery", "celery_broker": "rabbitmq"},
+    "celery-rabbitmq-2h": {"queue_mode": "celery", "celery_broker": "rabbitmq", "rabbitmq_consumer_timeout": 7200000},
 }
 
 
-def parse(text: str) -> dict[str, str]:
-    """KEY="value" lines as systemd's EnvironmentFile= reads them (shell-like quoting)."""
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, raw = line.partition("=")
-            values[key] = shlex.split(raw)[0] if raw else ""
-    return values
-
-
 @pytest.fixture(scope="module")
-def env_files(tmp_path_factory, render_templates) -> dict[str, dict[str, str]]:
+def env_files(tmp_path_factory, render_templates, systemd_env) -> dict[str, dict[str, str]]:
     out = tmp_path_factory.mktemp("env")
     jobs = [{"name": mode, "template": "edupulse.env.j2", "vars": {**COMMON, **extra}} for mode, extra in MODES.items()]
-    return {name: parse(text) for name, text in render_templates(out, jobs).items()}
+    return {name: systemd_env(text) for name, text in render_templates(out, jobs).items()}
 
 
 @pytest.mark.parametrize("mode", ["batch", "rq", "celery"])
@@ -83,3 +79,18 @@ def test_each_mode_has_only_its_own_names(env_files):
 
 def test_batch_mode_names_the_spool_directory_under_the_state_dir(env_files):
     assert env_files["batch"]["BULK_EMAIL_BATCH_SPOOL_DIR"] == "/var/lib/edupulse/batch-spool"
+
+
+def test_celery_mode_with_rabbitmq_carries_the_brokers_consumer_timeout_in_seconds(env_files):
+    """The app checks its task time limit and waits against RabbitMQ's consumer_timeout: the
+    value roles/rabbitmq writes into rabbitmq.conf (milliseconds), not the app's own default."""
+    broker_default_ms = yaml.safe_load((REPO / "roles/rabbitmq/defaults/main.yml").read_text())["rabbitmq_consumer_timeout"]
+    env = env_files["celery-rabbitmq"]
+    assert env["BULK_EMAIL_CELERY_BROKER_URL"].startswith("amqp://")
+    assert env["BULK_EMAIL_CELERY_CONSUMER_TIMEOUT"] == str(broker_default_ms // 1000)
+    assert env_files["celery-rabbitmq-2h"]["BULK_EMAIL_CELERY_CONSUMER_TIMEOUT"] == "7200"
+
+
+def test_consumer_timeout_only_with_the_rabbitmq_broker(env_files):
+    for mode in ("batch", "rq", "celery"):
+        assert "BULK_EMAIL_CELERY_CONSUMER_TIMEOUT" not in env_files[mode]
