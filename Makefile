@@ -11,10 +11,10 @@ BIN := $(VENV)/bin
 # Scenarios `make molecule` runs, MOLECULE_JOBS at a time (each in containers of its own;
 # tests/harness/run-scenarios.sh), longest first: in this order (CI's measured durations) until
 # the harness has measured them on this machine (.cache/molecule-logs/durations).
-SCENARIOS ?= rq switch celery cluster celery_rabbitmq batch dev_macos production
-# Five on a 2-core machine: the five longest (29-46 min each in a local clean run, mostly waiting
+SCENARIOS ?= cluster celery rq switch celery_rabbitmq batch dev_macos production
+# Five on a 2-core machine: the five longest (13-20 min each in a local clean run, mostly waiting
 # on timeouts, outages and stalled SMTP) start at once, since any of them waiting for a slot
-# would lengthen the run; batch, dev_macos and production (20, 14 and 5 min) take the first
+# would lengthen the run; batch, dev_macos and production (10, 7 and 7 min) take the first
 # slots that free up and still end before the longest, so nothing else waits. More slots
 # shorten nothing and only add CPU contention to the converges, which is where the cores are busy.
 MOLECULE_JOBS ?= 5

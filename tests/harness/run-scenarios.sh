@@ -109,7 +109,7 @@ failure_summary() {
     /^fatal: |FAILED! =>/ { if (task != "") print task; task = ""; print; more = 0; next }
     /Executed: Failed/ { print; more = 0; next }
     /^INTERNALERROR>/ { if (internal++ < 10) print; more = 0; next }
-    /^(FAILED|ERROR) [^ ]/ { print; more = 3; next }
+    /^(FAILED|ERROR)( [^ ]|$)/ { print; more = 3; next }
     /^ERROR  / { print; more = 0; next }
     more > 0 && !/^(=|_|PASSED|SKIPPED)/ { print "  " $0; more--; next }
     { more = 0 }

@@ -33,6 +33,16 @@ if [[ $scenario == bad ]]; then
   printf '    \n  %s DETAILS\n' "$box"
   exit 1
 fi
+if [[ $scenario == wrapped ]]; then
+  # A long test id: Molecule's box wraps pytest's summary line right after "FAILED".
+  printf '  %s ======== short test summary info ========\n' "$box"
+  printf '  %s FAILED\n' "$box"
+  printf '  %s   ../shared/tests/test_day2.py::test_logs_count_the_sent_and_failed_emails_o\n' "$box"
+  printf '  %s   f_a_time_range[ansible://wrapped-1]\n' "$box"
+  printf '  %s ======== 1 failed, 98 passed in 183.17s ========\n' "$box"
+  printf '\e[31mERROR   \e[0m Verifier tests failed\n'
+  exit 1
+fi
 if [[ $scenario == killed ]]; then
   # pytest -v cut short: no short summary, no closing tally.
   printf 'INFO     killed -> verify: Executing Testinfra tests found in killed/tests/...\n'
@@ -84,6 +94,17 @@ def test_a_verify_cut_short_shows_how_far_pytest_got(tmp_path):
     assert "test_switch_from_rq_to_celery[ansible://killed-1]" in text, text
     assert "filler line 250" in text and "filler line 235" not in text, text
     assert "Verifier tests failed" in text, text
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])
+def test_a_failed_line_wrapped_after_its_first_word_still_names_the_test(tmp_path, locale):
+    done = run(tmp_path, "wrapped", locale=locale)
+    assert done.returncode == 1
+    lines = done.stdout.splitlines()
+    text = "\n".join(lines[lines.index("[molecule] wrapped: what failed"):])
+    assert "test_logs_count_the_sent_and_failed_emails_o" in text, text
+    assert "f_a_time_range[ansible://wrapped-1]" in text, text
+    assert "1 failed, 98 passed" not in text, text
 
 
 def test_a_passing_run_prints_no_failure_summary(tmp_path):
