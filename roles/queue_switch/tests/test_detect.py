@@ -46,7 +46,7 @@ def detect(tmp_path: Path, app: Path, env: dict[str, str] | None, *extra: str) -
     return subprocess.run(
         [str(PYTHON.parent / "ansible-playbook"), "-i", "localhost,", str(playbook),
          "-e", f"ansible_python_interpreter={PYTHON}", "-e", f"__queue_switch_state_file={tmp_path / 'edupulse.fact'}",
-         "-e", f"__queue_switch_app_manage={manage}", "-e", f"edupulse_credentials_dir={tmp_path / 'credentials'}", *extra],
+         "-e", f"__edupulse_app_manage={manage}", "-e", f"edupulse_credentials_dir={tmp_path / 'credentials'}", *extra],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
              "ANSIBLE_NOCOLOR": "1", "ANSIBLE_CACHE_PLUGIN": "memory", "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"},
