@@ -95,6 +95,9 @@ refused rq 'redis_acl_users[edupulse-app].password contains "change-me"' \
 refused celery 'celery_flower_auth_password contains "change-me"' 'nginx_flower_auth_password contains "change-me"' \
   -- -e "@$vault" -e edupulse_flower_password=change-me-flower-0123456789
 refused rq "edupulse_app_secret_key" -- -e "@$vault" -e edupulse_app_secret_key=short
+# The shared facts (roles/edupulse) are type-checked once per host by preflight, not by Ansible
+# at each of the ~10 loads of the role: a value of the wrong type is still refused, naming it.
+refused rq "edupulse_postgresql_allow_plaintext" "bool" -- -e "@$vault" -e edupulse_postgresql_allow_plaintext=perhaps
 # A line break in a secret would end its line of an env file (systemd's EnvironmentFile=).
 refused rq "edupulse_app_email_password contains a line break" \
   'redis_acl_users[edupulse-app].password contains a line break' -- -e "@$vault" \

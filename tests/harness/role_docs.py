@@ -27,12 +27,18 @@ def default_text(value: object) -> str:
     return f"`{text}`" if text else "`''`"
 
 
+def options(role: Path) -> dict:
+    """The options of the role's `main` entry point, or of its only one (roles/edupulse: `shared`)."""
+    specs = yaml.safe_load((role / "meta/argument_specs.yml").read_text())["argument_specs"]
+    entry = specs["main"] if "main" in specs or len(specs) != 1 else next(iter(specs.values()))
+    return entry["options"]
+
+
 def variable_table(role: Path) -> str:
-    spec = yaml.safe_load((role / "meta/argument_specs.yml").read_text())
     defaults_file = role / "defaults/main.yml"
     defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
     rows = ["| Variable | Type | Default | Description |", "| --- | --- | --- | --- |"]
-    for name, option in spec["argument_specs"]["main"]["options"].items():
+    for name, option in options(role).items():
         kind = option.get("type", "str")
         if kind == "list" and "elements" in option:
             kind = f"list of {option['elements']}"
@@ -51,8 +57,7 @@ def variable_table(role: Path) -> str:
 
 def undeclared_defaults(role: Path) -> list[str]:
     """Every public default must be declared (and so validated and documented)."""
-    spec = yaml.safe_load((role / "meta/argument_specs.yml").read_text())
-    declared = set(spec["argument_specs"]["main"]["options"])
+    declared = set(options(role))
     defaults_file = role / "defaults/main.yml"
     defaults = yaml.safe_load(defaults_file.read_text()) if defaults_file.exists() else {}
     return sorted(set(defaults or {}) - declared)
