@@ -532,6 +532,21 @@ def play_recap(output: str, hostname: str) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
 
+def skipped_converges(output: str, hostname: str) -> dict[str, bool]:
+    """{role: whether its converge was skipped on ``hostname``} for each role that compared the host
+    with its record ("<role> : Converge ... (skipped while the host is as the last full run left it)")."""
+    found, role = {}, None
+    for line in output.splitlines():
+        match = re.match(r"TASK \[(\w+) : Converge .*\(skipped while the host is as the last full run left it\)\]", line)
+        if match:
+            role = match.group(1)
+        elif line.startswith("TASK [") or line.startswith("PLAY "):
+            role = None
+        elif role and re.match(rf"(skipping|included): .*\[{re.escape(hostname)}\]|{re.escape('included: ')}.* for .*\b{re.escape(hostname)}\b", line):
+            found[role] = line.startswith("skipping")
+    return found
+
+
 def changed_tasks(output: str) -> list[str]:
     """The "changed: [host]" lines with the task each belongs to (what to fix when one is)."""
     task, found = "", []
