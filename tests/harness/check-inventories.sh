@@ -98,6 +98,9 @@ refused rq "edupulse_app_secret_key" -- -e "@$vault" -e edupulse_app_secret_key=
 # The shared facts (roles/edupulse) are type-checked once per host by preflight, not by Ansible
 # at each of the ~10 loads of the role: a value of the wrong type is still refused, naming it.
 refused rq "edupulse_postgresql_allow_plaintext" "bool" -- -e "@$vault" -e edupulse_postgresql_allow_plaintext=perhaps
+# What the app role copies from the controller must be there (before any host changes, not when
+# the copy fails halfway through a run).
+refused batch "Not on the controller: /nonexistent/app" -- -e "@$vault" -e edupulse_app_local_path=/nonexistent/app
 # A line break in a secret would end its line of an env file (systemd's EnvironmentFile=).
 refused rq "edupulse_app_email_password contains a line break" \
   'redis_acl_users[edupulse-app].password contains a line break' -- -e "@$vault" \

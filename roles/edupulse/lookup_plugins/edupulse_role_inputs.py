@@ -7,9 +7,12 @@ taken wide rather than listed by hand (a list would miss the next variable someo
 * ``code``: what every role of the project runs (tasks, templates, files, vars, defaults, handlers,
   meta and plugins; not its README or tests): one changed template, task or plugin, in this role
   or in one it includes, runs every role again once;
-* one entry per variable: every name that occurs anywhere in the role's files (tasks, templates,
-  vars, defaults, handlers, files) and is a variable of the task, templated as the role would see
-  it (so a default that reads another role's variable follows that variable too);
+* one entry per variable: every name that occurs in the role's files (the task files that
+  tasks/main.yml imports or includes, however deep, templates, vars, defaults, handlers, files)
+  and is a variable of the task, templated as the role would see it (so a default that reads
+  another role's variable follows that variable too). The role's other task files are entry
+  points of other playbooks (a switch's steps, the day-2 reports): what they read, such as the
+  mode a switch comes from, is not what the converge makes;
 * ``fact <name>``: each fact the role's files name as ``ansible_facts['name']`` or ``.name``;
 * ``tree <path>``: the content of each controller file or directory given as ``trees`` (what a
   role copies from the controller: a variable holds only its path).
@@ -72,9 +75,25 @@ def digest(value: object) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def main_task_files(role: Path) -> set[Path]:
+    """tasks/main.yml and every task file it imports or includes, however deep."""
+    found, todo = set(), [role / "tasks" / "main.yml"]
+    while todo:
+        path = todo.pop()
+        if path in found or not path.is_file():
+            continue
+        found.add(path)
+        text = path.read_text(errors="replace")
+        for name in re.findall(r"(?:import_tasks|include_tasks):\s*(?:\n\s+file:\s*)?([\w./-]+\.ya?ml)", text):
+            todo.append(path.parent / name)
+    return found
+
+
 def role_files(role: Path) -> list[Path]:
+    tasks = main_task_files(role)
     return sorted(path for sub in ROLE_DIRS if (role / sub).is_dir()
-                  for path in (role / sub).rglob("*") if path.is_file())
+                  for path in (role / sub).rglob("*")
+                  if path.is_file() and (sub != "tasks" or path in tasks))
 
 
 def tree_digest(root: Path, code_only: bool = False) -> str:

@@ -72,3 +72,15 @@ def test_a_readme_or_a_test_is_not_code(roles):
     (roles / "roles" / "demo" / "tests").mkdir()
     (roles / "roles" / "demo" / "tests" / "test_demo.py").write_text("def test_demo(): pass\n")
     assert inputs(roles)["code"] == base["code"]
+
+
+def test_a_task_file_main_does_not_reach_is_another_playbooks_entry_point(roles):
+    """A day-2 or switch step's variables (the mode a switch comes from) are no converge input."""
+    tasks = roles / "roles" / "demo" / "tasks"
+    (tasks / "report.yml").write_text("- ansible.builtin.debug:\n    msg: \"{{ report_since }}\"\n")
+    (tasks / "converge.yml").write_text("- ansible.builtin.debug:\n    msg: \"{{ demo_listen }}\"\n")
+    (tasks / "main.yml").write_text((tasks / "main.yml").read_text()
+                                    + "- ansible.builtin.import_tasks: converge.yml\n")
+    base = inputs(roles, "-e", "report_since=1h", "-e", "demo_listen=a")
+    assert "demo_listen" in base and "report_since" not in base, sorted(base)
+    assert inputs(roles, "-e", "report_since=2h", "-e", "demo_listen=a") == base
