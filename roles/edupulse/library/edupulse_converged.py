@@ -39,7 +39,7 @@ options:
 
 RETURN = r"""
 converged: {description: The host is as the record says and the inputs are the recorded ones., type: bool, returned: always}
-reasons: {description: What differs (empty when converged)., type: list, elements: str, returned: always}
+reasons: {description: What differs (check) or differed from the previous record (record)., type: list, elements: str, returned: always}
 inputs: {description: The inputs as given (check), for the record of the same run., type: dict, returned: state=check}
 """
 
@@ -198,6 +198,9 @@ def main() -> None:
     new = {"inputs": params["inputs"],
            **host_state(module, *(params[kind] for kind in ("paths", "units", "packages", "users", "trees")))}
     changed = new != record
+    # What differs from the previous record, so that a run that rewrites it says why.
+    reasons = (["no record of a full run yet"] if record is None
+               else differences(record, params["inputs"], {kind: new[kind] for kind in new if kind != "inputs"}))
     if changed and not module.check_mode:
         os.makedirs(params["directory"], mode=0o700, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=params["directory"], prefix=".record-")
@@ -205,7 +208,7 @@ def main() -> None:
             json.dump(new, out, indent=1, sort_keys=True)
         os.chmod(temporary, 0o600)
         os.replace(temporary, record_file)
-    module.exit_json(changed=changed, converged=True, reasons=[])
+    module.exit_json(changed=changed, converged=True, reasons=reasons)
 
 
 if __name__ == "__main__":

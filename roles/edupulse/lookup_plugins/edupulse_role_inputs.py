@@ -8,7 +8,8 @@ taken wide rather than listed by hand (a list would miss the next variable someo
   meta and plugins; not its README or tests): one changed template, task or plugin, in this role
   or in one it includes, runs every role again once;
 * one entry per variable: every name that occurs in the role's files (the task files that
-  tasks/main.yml imports or includes, however deep, templates, vars, defaults, handlers, files)
+  tasks/main.yml imports or includes, however deep, templates, vars, defaults, handlers, files;
+  not meta/argument_specs.yml, which documents the other entry points' variables too)
   and is a variable of the task, templated as the role would see it (so a default that reads
   another role's variable follows that variable too). The role's other task files are entry
   points of other playbooks (a switch's steps, the day-2 reports): what they read, such as the
@@ -52,9 +53,11 @@ from ansible.plugins.lookup import LookupBase
 
 NAME = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
 FACT = re.compile(r"""ansible_facts(?:\[['"]([A-Za-z0-9_]+)['"]\]|\.([A-Za-z0-9_]+))""")
-ROLE_DIRS = ("tasks", "templates", "vars", "defaults", "handlers", "files", "meta")
-# What of a role reaches a host: its files above and its plugins.
-CODE_DIRS = (*ROLE_DIRS, "library", "module_utils", "lookup_plugins", "filter_plugins")
+# Where the names a converge reads occur. Not meta/: argument_specs.yml documents every entry
+# point's variables, also those of other playbooks' steps.
+ROLE_DIRS = ("tasks", "templates", "vars", "defaults", "handlers", "files")
+# What of a role reaches a host: its files above, its metadata and its plugins.
+CODE_DIRS = (*ROLE_DIRS, "meta", "library", "module_utils", "lookup_plugins", "filter_plugins")
 # How a run is made, not what it makes; or a value that changes by itself between runs.
 NOT_INPUTS = {
     "omit", "item", "hostvars", "vars", "ansible_facts", "ansible_check_mode", "ansible_diff_mode",

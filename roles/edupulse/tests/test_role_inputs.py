@@ -78,6 +78,9 @@ def test_a_task_file_main_does_not_reach_is_another_playbooks_entry_point(roles)
     """A day-2 or switch step's variables (the mode a switch comes from) are no converge input."""
     tasks = roles / "roles" / "demo" / "tasks"
     (tasks / "report.yml").write_text("- ansible.builtin.debug:\n    msg: \"{{ report_since }}\"\n")
+    (roles / "roles" / "demo" / "meta").mkdir()
+    (roles / "roles" / "demo" / "meta" / "argument_specs.yml").write_text(
+        "argument_specs:\n  report:\n    options:\n      report_since: {type: str}\n")
     (tasks / "converge.yml").write_text("- ansible.builtin.debug:\n    msg: \"{{ demo_listen }}\"\n")
     (tasks / "main.yml").write_text((tasks / "main.yml").read_text()
                                     + "- ansible.builtin.import_tasks: converge.yml\n")
