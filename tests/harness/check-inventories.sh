@@ -13,7 +13,12 @@ status=0
 extra_inventory=$(mktemp --suffix=.yml)
 vault=$(mktemp --suffix=.yml)
 credentials=$(mktemp -d)
-trap 'rm -rf "$extra_inventory" "$vault" "$credentials"' EXIT
+# The cluster's CA as a user makes it beside its inventory (files/README.md), here a stand-in:
+# the app role refuses a CA file that is not on the controller.
+cluster_ca=$(mktemp --suffix=.crt)
+trap 'rm -rf "$extra_inventory" "$vault" "$credentials" "$cluster_ca"' EXIT
+cluster_files=(-e '{"redis_tls_certificate": "-----BEGIN CERTIFICATE-----\n(placeholder)\n-----END CERTIFICATE-----"}'
+  -e "{\"edupulse_app_extra_ca_certs\": [\"$cluster_ca\"]}")
 example_vault=inventories/production/group_vars/all/vault.yml.example
 # The vault as a user fills it in: the SMTP password (and the cluster's TLS key), nothing else.
 python3 - "$vault" <<'PY2'
@@ -29,9 +34,9 @@ for inventory in inventories/production inventories/staging inventories/cluster;
     broker=${variant#*:}
     [ "$broker" = "$variant" ] && broker=redis
     extra=(-e "queue_mode=$mode" -e "celery_broker=$broker")
-    # The cluster's TLS certificate is made per deployment (inventories/cluster/files/README.md).
+    # The cluster's TLS certificate and CA are made per deployment (inventories/cluster/files/README.md).
     if [ "$inventory" = inventories/cluster ]; then
-      extra+=(-e '{"redis_tls_certificate": "-----BEGIN CERTIFICATE-----\n(placeholder)\n-----END CERTIFICATE-----"}')
+      extra+=("${cluster_files[@]}")
     fi
     # RabbitMQ needs its host in a 'rabbitmq' group: the example's single server, as a user
     # would add it (a second inventory source adds the group).
@@ -158,6 +163,5 @@ topology_case "database on another host, plaintext allowed" "" \
 topology_case "database on another host with a certificate" "" -i "$extra_inventory" -e queue_mode=batch -e "$certificate"
 # (Every host's private address given, so that no default route of this machine is needed.)
 topology_case "inventories/cluster with its topology" "" -i inventories/cluster/hosts.yml -e queue_mode=celery \
-  -e edupulse_private_address=10.0.0.99 \
-  -e '{"redis_tls_certificate": "-----BEGIN CERTIFICATE-----\n(placeholder)\n-----END CERTIFICATE-----"}'
+  -e edupulse_private_address=10.0.0.99 "${cluster_files[@]}"
 exit $status
