@@ -542,8 +542,10 @@ def skipped_converges(output: str, hostname: str) -> dict[str, bool]:
             role = match.group(1)
         elif line.startswith("TASK [") or line.startswith("PLAY "):
             role = None
-        elif role and re.match(rf"(skipping|included): .*\[{re.escape(hostname)}\]|{re.escape('included: ')}.* for .*\b{re.escape(hostname)}\b", line):
-            found[role] = line.startswith("skipping")
+        elif role and line.startswith(f"skipping: [{hostname}]"):
+            found[role] = True
+        elif role and line.startswith("included: ") and hostname in line.split(" for ", 1)[-1].split(", "):
+            found[role] = False
     return found
 
 
