@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/run.py [--modes batch,rq,celery] [--recipients 1000] [--keep]
                                   [--settings '50/0 s,2 workers'] [--measure-only]
-                                  [--converge-only] [--mitogen] [--prefix NAME]
+                                  [--converge-only] [--mitogen] [--reruns 3] [--prefix NAME]
                                   [--compare REF [--rounds 3]]
 
 For each mode: a fresh container bench-<mode> from the local systemd image
@@ -29,7 +29,10 @@ ansible logs in .cache/bench/. The containers are removed at the end unless
 No number is asserted: on a shared machine a threshold would only be flaky.
 
 Deploy times: the first converge and the no-change re-run of each mode, one
-mode at a time, with their ratio (the re-run should be a fraction of the first). With
+mode at a time, with their ratio (the re-run should be a fraction of the first).
+The re-run is timed --reruns times (3) and its median reported, with min-max: a
+first converge happens once per host, and a few seconds of controller CPU vary
+more with the machine's other load than minutes of downloads do. With
 --mitogen, after the plain runs, fresh containers are converged the same way
 with Mitogen's strategy (an opt-in: .venv has mitogen from requirements.txt, and
 only --mitogen turns its strategy on; the plain path stays the default). --converge-only stops after the
@@ -335,21 +338,27 @@ def fresh_hosts(modes: list[str]) -> None:
         (LOGS / "facts" / inventory_host(mode)).unlink(missing_ok=True)
 
 
-def deploy_times(modes: list[str], setting_of: dict[str, Setting], mitogen: bool) -> dict[str, dict]:
-    """First converge from the bare image, then the no-change re-run, one mode at a time.
+def deploy_times(modes: list[str], setting_of: dict[str, Setting], mitogen: bool,
+                 reruns: int = 3) -> dict[str, dict]:
+    """First converge from the bare image, then ``reruns`` no-change re-runs, one mode at a time.
 
     One deploy at a time, as a user deploys a server: side by side, three playbooks on two
     cores made every figure CPU-bound, and the no-change re-run (all controller CPU and round
     trips) more so than the first converge (downloads and dpkg), which skewed the ratio.
+    A first converge happens once per host; the re-run, a few seconds of controller CPU that the
+    machine's other load can double, is timed several times and its median taken ("second", the
+    run itself; "reruns", every run's seconds), a failed one taken instead so that it is reported.
     """
     suffix = "-mitogen" if mitogen else ""
     times = {}
     for mode in modes:
         log(f"{mode}: first converge from the bare image{' with Mitogen' if mitogen else ''}")
         first = converge([mode], setting_of, f"converge1{suffix}", mitogen)[mode]
-        log(f"{mode}: no-change re-run{' with Mitogen' if mitogen else ''}")
-        second = converge([mode], setting_of, f"converge2{suffix}", mitogen)[mode]
-        times[mode] = {"first": first, "second": second}
+        log(f"{mode}: {reruns} no-change re-runs{' with Mitogen' if mitogen else ''}")
+        runs = [converge([mode], setting_of, f"converge{index + 2}{suffix}", mitogen)[mode] for index in range(reruns)]
+        failed = [run for run in runs if "failed" in run]
+        second = failed[0] if failed else sorted(runs, key=lambda run: run["seconds"])[len(runs) // 2]
+        times[mode] = {"first": first, "second": second, "reruns": [run["seconds"] for run in runs]}
     return times
 
 
@@ -616,7 +625,7 @@ def markdown(results: dict) -> str:
 
 def deploy_table(results: dict) -> str:
     """First converge and no-change re-run per mode (and with Mitogen), with their ratio."""
-    lines = ["| mode | strategy | first converge s (changed) | no-change re-run s (changed) | re-run/first | "
+    lines = ["| mode | strategy | first converge s (changed) | no-change re-run s, median (changed) [min-max] | re-run/first | "
              "load 1 min (first, re-run) | re-deploys s |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for key, times in results["ansible"].items():  # empty with --measure-only
@@ -624,10 +633,16 @@ def deploy_table(results: dict) -> str:
         first, second = times["first"], times["second"]
         redeploys = ", ".join(f"{v['seconds']}" for k, v in results["reconfigure"].items() if k.startswith(mode + " "))
         lines.append(f"| {mode} | {strategy or 'linear'} | {first['seconds']} ({first['recap'].get('changed')}) | "
-                     f"{second['seconds']} ({second['recap'].get('changed')}) | "
+                     f"{second['seconds']} ({second['recap'].get('changed')}) {spread(times)} | "
                      f"{second['seconds'] / first['seconds']:.2f} | {first['loadavg'][0]}, {second['loadavg'][0]} | "
                      f"{(redeploys or '-') if not strategy else '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def spread(times: dict) -> str:
+    """[min-max] of the no-change re-runs (results before --reruns have one)."""
+    reruns = times.get("reruns") or [times["second"]["seconds"]]
+    return f"[{min(reruns)}-{max(reruns)}]"
 
 
 def write_results(results: dict) -> Path:
@@ -663,6 +678,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="measure the kept containers with the app package of git commit REF and of "
                              "this checkout in turn (one --settings name per mode)")
     parser.add_argument("--rounds", type=int, default=3, help="--compare: turns of each version")
+    parser.add_argument("--reruns", type=int, default=3,
+                        help="no-change re-runs after each first converge (the median is reported)")
     parser.add_argument("--prefix", default=PREFIX[0],
                         help="containers are <prefix>-<mode> (default: $EDUPULSE_BENCH_PREFIX or bench)")
     args = parser.parse_args(argv)
@@ -671,6 +688,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     unknown = set(args.modes) - set(MODES)
     if unknown:
         parser.error(f"unknown modes: {', '.join(sorted(unknown))}")
+    if args.reruns < 1:
+        parser.error(f"--reruns must be 1 or more (got {args.reruns})")
     args.settings = {name.strip() for name in args.settings.split(",") if name.strip()}
     return args
 
@@ -741,11 +760,11 @@ def main(argv: list[str]) -> int:
             mitogen_available()  # refused before anything is created or timed
         log(f"creating containers for {', '.join(args.modes)}")
         fresh_hosts(args.modes)
-        results["ansible"] = deploy_times(args.modes, first_setting, mitogen=False)
+        results["ansible"] = deploy_times(args.modes, first_setting, mitogen=False, reruns=args.reruns)
         if args.mitogen:
             log("fresh containers for the runs with Mitogen")
             fresh_hosts(args.modes)
-            times = deploy_times(args.modes, first_setting, mitogen=True)
+            times = deploy_times(args.modes, first_setting, mitogen=True, reruns=args.reruns)
             results["ansible"].update({f"{mode} mitogen_linear": times[mode] for mode in args.modes})
         for key, times in results["ansible"].items():
             if "failed" in times["first"] or "failed" in times["second"]:

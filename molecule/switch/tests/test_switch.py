@@ -54,12 +54,13 @@ UNIT_PATTERNS = {
     "rq": ["edupulse-rqworker@*", "edupulse-rq-maintenance.*"],
     "celery": ["edupulse-celery*", "edupulse-flower*"],
 }
+# The worker role's converge record (roles/edupulse) goes with the mode, too.
 UNIT_FILES = {
     "rq": ["/etc/systemd/system/edupulse-rqworker@.service", "/etc/systemd/system/edupulse-rq-maintenance.timer",
-           "/etc/edupulse/rqworker.env"],
+           "/etc/edupulse/rqworker.env", "/var/lib/edupulse-converged/rqworker.json"],
     "celery": ["/etc/systemd/system/edupulse-celery.service", "/etc/systemd/system/edupulse-celerybeat.service",
                "/etc/systemd/system/edupulse-flower.service", "/etc/edupulse/celery.env",
-               "/usr/local/sbin/edupulse-celery"],
+               "/usr/local/sbin/edupulse-celery", "/var/lib/edupulse-converged/celery.json"],
 }
 PORTS = {"redis": "6379", "flower": "5555", "rabbitmq": "5672"}
 # How roles/queue_switch names celery mode in its messages: "celery (redis broker)".

@@ -14,6 +14,7 @@ description:
     C(reasons). Nothing changes on the host.
   - C(state=record) writes the record after a full run of the role; it is changed only when the
     record's content changes. In check mode nothing is written.
+  - C(state=absent) removes the record, when a role's state leaves the host (a queue mode switch).
   - A path is recorded as what it is (absent, a link and its target, a directory, or a file and
     its SHA-256) with its mode and owner, so a hand edit, a removed file or a file that should be
     absent and came back all count as differences. A unit is recorded with its ActiveState and
@@ -21,10 +22,9 @@ description:
 options:
   name: {description: The role's name (the record's file name)., type: str, required: true}
   inputs:
-    description: Digests of the role's inputs (edupulse_role_inputs); compared key by key.
+    description: Digests of the role's inputs (edupulse_role_inputs); compared key by key (check and record).
     type: dict
-    required: true
-  state: {description: check or record., type: str, choices: [check, record], default: check}
+  state: {description: check, record or absent., type: str, choices: [check, record, absent], default: check}
   paths: {description: The paths the role manages (record only)., type: list, elements: path, default: []}
   units: {description: The systemd units the role manages (record only)., type: list, elements: str, default: []}
   packages: {description: The Debian packages the role installs (record only)., type: list, elements: str, default: []}
@@ -164,8 +164,8 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "name": {"type": "str", "required": True},
-            "inputs": {"type": "dict", "required": True},
-            "state": {"type": "str", "choices": ["check", "record"], "default": "check"},
+            "inputs": {"type": "dict"},
+            "state": {"type": "str", "choices": ["check", "record", "absent"], "default": "check"},
             "paths": {"type": "list", "elements": "path", "default": []},
             "units": {"type": "list", "elements": "str", "default": []},
             "packages": {"type": "list", "elements": "str", "default": []},
@@ -173,12 +173,18 @@ def main() -> None:
             "trees": {"type": "list", "elements": "path", "default": []},
             "directory": {"type": "path", "default": "/var/lib/edupulse-converged"},
         },
+        required_if=[("state", "check", ["inputs"]), ("state", "record", ["inputs"])],
         supports_check_mode=True,
     )
     params = module.params
     if "/" in params["name"] or params["name"] in ("", ".", ".."):
         module.fail_json(msg=f"name must be a role's name, got {params['name']!r}")
     record_file = os.path.join(params["directory"], params["name"] + ".json")
+    if params["state"] == "absent":
+        present = os.path.exists(record_file)
+        if present and not module.check_mode:
+            os.remove(record_file)
+        module.exit_json(changed=present, converged=False, reasons=[])
     try:
         with open(record_file, encoding="utf-8") as handle:
             record = json.load(handle)

@@ -70,6 +70,9 @@ NOT_INPUTS = {
     "ansible_search_path", "ansible_forks", "ansible_limit", "ansible_managed", "ansible_local",
     "ansible_python_interpreter", "ansible_connection", "ansible_host", "ansible_strategy",
     "edupulse_full_converge",
+    # A one-run signal from roles/edupulse_app's handlers: the worker roles restart on it outside
+    # their converge, and it is gone in the next run.
+    "edupulse_app_workers_restart_needed",
 }
 
 

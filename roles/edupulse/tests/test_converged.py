@@ -92,3 +92,18 @@ def test_a_name_that_is_a_path_is_refused(site):
     arguments.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"name": "../x", "inputs": {}}}))
     out = subprocess.run([sys.executable, str(MODULE), str(arguments)], capture_output=True, text=True, check=False)
     assert json.loads(out.stdout)["failed"] is True
+
+
+def test_absent_forgets_the_record(site):
+    """A queue mode switch removes a role from the host: its record goes with it."""
+    run(site, "record")
+    assert run(site, "absent")["changed"] is True
+    assert not (site / "records" / "demo.json").exists()
+    assert run(site, "absent")["changed"] is False
+    assert run(site)["reasons"] == ["no record of a full run yet"]
+
+
+def test_absent_in_check_mode_keeps_the_record(site):
+    run(site, "record")
+    assert run(site, "absent", check_mode=True)["changed"] is True
+    assert (site / "records" / "demo.json").exists()
