@@ -597,10 +597,12 @@ def cell(value: object) -> str:
 
 def markdown(results: dict) -> str:
     """The README's table, and the Ansible timings, as Markdown."""
+    # --converge-only sends nothing: no campaign size to state.
+    campaign = (f"{results['recipients']} recipients, message {results['message_bytes']} bytes as stored; "
+                if results["modes"] else "deploy times only; ")
     lines = [
         f"Run {results['started']} on {results['machine']['cpus']} CPUs ({results['machine']['cpu_model']}), "
-        f"{results['recipients']} recipients, message {results['message_bytes']} bytes as stored; "
-        f"load average (1 min) during the run {results['load']['load1_min']}-{results['load']['load1_max']} "
+        f"{campaign}load average (1 min) during the run {results['load']['load1_min']}-{results['load']['load1_max']} "
         f"(mean {results['load']['load1_mean']}).",
         "",
         "| mode | setting | submit s | last 250 at s | msg/s (first to last 250) | x limit | msg/s end to end | "
