@@ -532,6 +532,16 @@ def play_recap(output: str, hostname: str) -> dict[str, int]:
     return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", match.group(1))}
 
 
+def check_run_without_full_converge(host) -> tuple[str, str]:
+    """`--check` of the scenario's converge on ``host`` alone, as a user runs it: the roles compare
+    the host with their converge record and skip what matches (the scenarios' own runs set
+    edupulse_full_converge, .config/molecule/config.yml). Returns (output, inventory name)."""
+    name = converge_hostname(host)
+    result = run_converge("--check", "--limit", name, "-e", "edupulse_full_converge=false")
+    assert result.returncode == 0, result.stdout[-4000:]
+    return result.stdout, name
+
+
 def skipped_converges(output: str, hostname: str) -> dict[str, bool]:
     """{role: whether its converge was skipped on ``hostname``} for each role that compared the host
     with its record ("<role> : Converge ... (skipped while the host is as the last full run left it)")."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 
-from e2e_helpers import changed_tasks, converge_hostname, play_recap, run_converge, skipped_converges
+from e2e_helpers import changed_tasks, check_run_without_full_converge, play_recap, skipped_converges
 
 SITE = "/etc/nginx/sites-available/edupulse.conf"
 MANAGE = "/usr/local/bin/edupulse-manage"
@@ -25,28 +25,23 @@ TIMER = "edupulse-batch-sender.timer"
 
 
 def test_the_converged_host_skips_each_recorded_roles_converge(host):
-    name = converge_hostname(host)
-    result = run_converge("--check", "--limit", name, "-e", "edupulse_full_converge=false")
-    assert result.returncode == 0, result.stdout[-4000:]
-    converges = skipped_converges(result.stdout, name)
+    output, name = check_run_without_full_converge(host)
+    converges = skipped_converges(output, name)
     assert converges == {"nginx": True, "edupulse_app": True, "smtp_sink": True, "batch_sender": True}, converges
-    counters = play_recap(result.stdout, name)
-    assert counters["changed"] == 0, "\n".join(changed_tasks(result.stdout)) or result.stdout[-4000:]
+    counters = play_recap(output, name)
+    assert counters["changed"] == 0, "\n".join(changed_tasks(output)) or output[-4000:]
 
 
 @functools.cache
 def drifted_check_run(host) -> tuple[str, str]:
     """`--check` on the host with four drifts, then the host restored; (output, hostname)."""
-    name = converge_hostname(host)
     host.check_output(f"cp -p {SITE} /root/site.saved && cp -p {MANAGE} /root/manage.saved")
     try:
         host.check_output(f"echo '# a hand edit' >> {SITE} && rm {MANAGE} && systemctl stop smtp-sink {TIMER}")
-        result = run_converge("--check", "--limit", name, "-e", "edupulse_full_converge=false")
+        return check_run_without_full_converge(host)
     finally:
         host.check_output(f"cp -p /root/site.saved {SITE} && cp -p /root/manage.saved {MANAGE}"
                           f" && systemctl start smtp-sink {TIMER} && rm /root/site.saved /root/manage.saved")
-    assert result.returncode == 0, result.stdout[-4000:]
-    return result.stdout, name
 
 
 def test_each_drift_makes_its_role_converge_again(host):

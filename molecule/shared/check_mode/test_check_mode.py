@@ -28,4 +28,3 @@ def test_check_mode_on_the_converged_host_changes_nothing(host):
     assert counters["failed"] == 0 and counters["unreachable"] == 0, result.stdout[-4000:]
     changed = [line for line in changed_tasks(result.stdout) if f"[{name}]" in line]
     assert counters["changed"] == 0, "\n".join(changed) or result.stdout[-4000:]
-

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from e2e_helpers import changed_tasks, converge_hostname, play_recap, queue_mode, run_converge, skipped_converges
+from e2e_helpers import changed_tasks, check_run_without_full_converge, play_recap, queue_mode, skipped_converges
 
 # The mode's worker role, its env file and the task that renders it.
 WORKER_ROLES = {
@@ -20,16 +20,9 @@ WORKER_ROLES = {
 }
 
 
-def check_run(host) -> tuple[str, str]:
-    name = converge_hostname(host)
-    result = run_converge("--check", "--limit", name, "-e", "edupulse_full_converge=false")
-    assert result.returncode == 0, result.stdout[-4000:]
-    return result.stdout, name
-
-
 def test_the_converged_host_skips_the_worker_roles_converge(host):
     role, _, _ = WORKER_ROLES[queue_mode(host)]
-    output, name = check_run(host)
+    output, name = check_run_without_full_converge(host)
     converges = skipped_converges(output, name)
     assert converges.get(role) is True, converges
     assert all(converges.values()), converges
@@ -44,7 +37,7 @@ def drifted_check_run(host) -> tuple[str, str]:
     host.check_output(f"cp -p {env_file} /root/worker-env.saved")
     try:
         host.check_output(f"echo '# a hand edit' >> {env_file}")
-        return check_run(host)
+        return check_run_without_full_converge(host)
     finally:
         host.check_output(f"cp -p /root/worker-env.saved {env_file} && rm /root/worker-env.saved")
 
